@@ -1,0 +1,65 @@
+"""The `falgate` command: `serve`, `emulator`, `keys new`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from app.logs import configure_logging, register_secret
+    from app.main import create_app, load_settings
+
+    settings = load_settings()
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    configure_logging(settings.log_level, settings.log_format)
+    register_secret(settings.upstream_key)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies_csv,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
+
+
+def _emulator(args: argparse.Namespace) -> None:
+    from app.emulator import serve
+
+    serve(port=args.port, host=args.host or "127.0.0.1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="falgate", description="A gateway for fal.ai's image-to-video models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway (FALGATE_* settings from the environment or .env)")
+    serve.add_argument("--host", help="overrides FALGATE_HOST")
+    serve.add_argument("--port", type=int, help="overrides FALGATE_PORT")
+    serve.set_defaults(run=_serve)
+
+    emulator = commands.add_parser("emulator", help="run the built-in fal emulator on its own")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=9000)
+    emulator.set_defaults(run=_emulator)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    main()

@@ -1,0 +1,108 @@
+"""The gateway's errors and the one place that turns any of them into a JSON answer.
+
+Every refusal is an `HTTPException` subclass raised where it is decided; the handlers here give all of
+them one shape (`{"detail": ...}` plus named extras), so no route formats its own error bodies and no
+unexpected exception leaks a traceback or a secret to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from app.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("falgate.errors")
+
+
+class GatewayError(HTTPException):
+    """A refusal with a JSON body. `extra` fields are merged into the body next to `detail`."""
+
+    status_code = 400
+
+    def __init__(self, detail: Any, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(status_code=self.status_code, detail=detail, headers=headers)
+        self.extra = extra
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+
+
+class PaymentRequired(GatewayError):
+    status_code = 402
+
+
+class NotFound(GatewayError):
+    status_code = 404
+
+
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+
+
+class InvalidInput(GatewayError):
+    """fal's own validation shape, so fal clients raise their `ValidationError` with `body.detail`."""
+
+    status_code = 422
+
+
+class TooManyRequests(GatewayError):
+    status_code = 429
+
+
+class UpstreamUnavailable(GatewayError):
+    status_code = 502
+
+
+class ServiceUnavailable(GatewayError):
+    status_code = 503
+
+
+class UpstreamTimeout(GatewayError):
+    status_code = 504
+
+
+def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # FastAPI's default echoes "input" and "ctx": a data URI can be megabytes and a token is a secret.
+    return [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")} for err in errors]
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _clean_validation_errors(list(exc.errors()))}, status_code=422)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # The exception text may quote a header or a URL with credentials: log its type and place only.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=False)
+    return JSONResponse({"detail": "Internal gateway error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,111 @@
+"""The application factory: routers, middleware, error handlers and the lifespan that owns shared clients.
+
+`uvicorn app.main:app` and `falgate serve` both end up here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
+from starlette.middleware.cors import CORSMiddleware
+
+from app.catalog import CATALOG
+from app.emulator import EmulatorConfig, create_emulator_app
+from app.errors import install_error_handlers
+from app.routes import catalog, health, proxy, queue
+from app.settings import EMULATOR_MOUNT, Settings
+from app.state import Gateway
+
+log = logging.getLogger("falgate")
+
+EXPOSED_HEADERS = ["x-fal-request-id", "x-fal-request-timeout-type", "x-fal-error-type", "retry-after"]
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a clear message and exit: never a traceback for a typo."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  - {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in exc.errors()]
+        raise SystemExit("falgate: invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    emulator = None
+    if settings.emulated:
+        settings.use_embedded_emulator()
+        emulator = create_emulator_app(
+            EmulatorConfig(
+                key=settings.upstream_key,
+                job_seconds=settings.emulator_job_seconds,
+                public_url=settings.gateway_url + EMULATOR_MOUNT,
+            )
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway.create(settings)
+        app.state.gateway = gateway
+        if emulator is not None:
+            await emulator.state.emulator.startup()
+            log.warning(
+                "No FAL_KEY: running against the built-in fal emulator at %s (no credits are spent)",
+                settings.fal_queue_url.rsplit("/", 1)[0],
+            )
+        try:
+            yield
+        finally:
+            if emulator is not None:
+                await emulator.state.emulator.shutdown()
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="falgate",
+        summary="A gateway for fal.ai's image-to-video models: the key stays on the server.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "PUT"],
+        allow_headers=["*"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )
+    app.include_router(health.router)
+    app.include_router(catalog.router)
+    app.include_router(proxy.proxy_router(settings.proxy_path))
+    if emulator is not None:
+        app.mount(EMULATOR_MOUNT, emulator)
+    app.include_router(queue.router)  # last: it ends in a catch-all for unknown models
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus each model's input schema, which the raw-body submit routes reference."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for spec in CATALOG.values():
+            model_schema = spec.input_model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[spec.input_model.__name__] = model_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module has no side effects.
+    if name == "app":
+        globals()["app"] = application = create_app()
+        return application
+    raise AttributeError(name)

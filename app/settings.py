@@ -1,0 +1,142 @@
+"""Every setting of the gateway, in one pydantic-settings class: the public configuration contract.
+
+Names are `FALGATE_*` except `FAL_KEY`, which keeps fal's own name so existing deployments carry over.
+`.env.example` and the README's table document each one; keep the three in step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+FAL_QUEUE_URL = "https://queue.fal.run"
+FAL_RUN_URL = "https://fal.run"
+FAL_REST_URL = "https://rest.fal.ai"
+FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+
+EMULATOR_MOUNT = "/_emulator"
+MB = 1024 * 1024
+
+
+def _check_base_url(value: str, name: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{name} must not carry a query, fragment or credentials")
+    return value.rstrip("/")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FALGATE_", env_file=".env", extra="ignore")
+
+    fal_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("FAL_KEY", "FALGATE_FAL_KEY"))
+    upstream: Literal["live", "emulator"] | None = None
+
+    fal_queue_url: str = FAL_QUEUE_URL
+    fal_run_url: str = FAL_RUN_URL
+    fal_rest_url: str = FAL_REST_URL
+    fal_jwks_url: str = FAL_JWKS_URL
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
+    proxy_path: str = "/api/fal/proxy"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+
+    max_body_bytes: int = Field(default=12 * MB, gt=0)
+    max_image_bytes: int = Field(default=8 * MB, gt=0)
+    max_prompt_length: int = Field(default=2500, gt=0)
+    allow_unknown_fields: bool = False
+    allow_token_minting: bool = False
+    prices: str | None = None  # JSON {"model slug": USD per billing unit}, merged over app.billing.DEFAULT_PRICES
+
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_timeout: float = Field(default=30.0, gt=0)
+    run_timeout: float = Field(default=900.0, gt=0)
+    stream_idle_timeout: float = Field(default=60.0, gt=0)
+    read_retries: int = Field(default=3, ge=0, le=10)
+    upstream_max_connections: int = Field(default=200, gt=0)
+
+    emulator_job_seconds: float = Field(default=4.0, ge=0)
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("fal_queue_url", "fal_run_url", "fal_rest_url", "fal_jwks_url", "public_url")
+    @classmethod
+    def _valid_url(cls, value: str | None, info) -> str | None:
+        return None if value is None else _check_base_url(value, "FALGATE_" + info.field_name.upper())
+
+    @field_validator("proxy_path")
+    @classmethod
+    def _valid_proxy_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError("FALGATE_PROXY_PATH must start with '/' and not end with one, e.g. /api/fal/proxy")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_upstream(self) -> Settings:
+        if self.upstream is None:
+            self.upstream = "live" if self.fal_key else "emulator"
+        if self.upstream == "live" and not self.fal_key:
+            raise ValueError("FALGATE_UPSTREAM=live needs FAL_KEY (or unset both to run against the built-in emulator)")
+        if self.fal_key is not None and not self.fal_key.get_secret_value().strip():
+            raise ValueError("FAL_KEY is set but empty")
+        return self
+
+    @property
+    def trusted_proxies_csv(self) -> str:
+        return ",".join(self.trusted_proxies)
+
+    @property
+    def emulated(self) -> bool:
+        return self.upstream == "emulator"
+
+    @property
+    def gateway_url(self) -> str:
+        """The base URL callers reach us at: rewritten fal URLs and our webhook receiver hang off it."""
+        return self.public_url or f"http://{_url_host(self.host)}:{self.port}"
+
+    @cached_property
+    def upstream_key(self) -> str:
+        """The key sent to fal. In emulator mode without a key, a random one the embedded emulator accepts."""
+        if self.fal_key is not None:
+            return self.fal_key.get_secret_value()
+        return "emulator:" + secrets.token_hex(16)
+
+    def use_embedded_emulator(self) -> None:
+        """Point every upstream base at the emulator mounted in this process, reached over loopback HTTP."""
+        base = f"http://{_loopback(self.host)}:{self.port}{EMULATOR_MOUNT}"
+        self.fal_queue_url = f"{base}/queue"
+        self.fal_run_url = f"{base}/run"
+        self.fal_rest_url = f"{base}/rest"
+        self.fal_jwks_url = f"{base}/rest/.well-known/jwks.json"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else _url_host(host)
