@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -118,6 +118,31 @@ class UpstreamClient:
             return response.json()
         except httpx.HTTPError as exc:
             raise _mapped(exc, None) from None
+
+    async def put_signed(self, url: str, content_type: str, body: AsyncIterable[bytes], size: int) -> httpx.Response:
+        """PUT a file to a signed storage URL fal handed out, streaming `body` (exactly `size` bytes).
+
+        No fal key: the signature in the URL is the authorization, and the key must never reach a storage
+        host. No retries: the URL may be single-use and `body` can only be read once.
+        """
+        # aiohttp bounds the wait for the answer (read) but not the sending of the body: cap the whole
+        # PUT too, generously, so a storage host that stops reading cannot hold the request forever.
+        total_seconds = max(self._settings.upstream_timeout, 300.0)
+        headers = {
+            "content-type": content_type,
+            # A declared length (not chunked encoding): signed-URL stores commonly refuse chunked PUTs.
+            "content-length": str(size),
+            "accept-encoding": "identity",
+            "user-agent": "falgate",
+        }
+        try:
+            async with asyncio.timeout(total_seconds):
+                return await self._client.put(url, content=body, headers=headers, timeout=self._timeout)
+        except httpx.HTTPError as exc:
+            raise _mapped(exc, None) from None
+        except TimeoutError:
+            log.warning("upstream signed upload took longer than %ss", total_seconds)
+            raise UpstreamTimeout("fal storage did not take the file in time", error_type="upstream_timeout") from None
 
 
 def _backoff(attempt: int) -> float:
