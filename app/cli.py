@@ -39,6 +39,23 @@ def _emulator(args: argparse.Namespace) -> None:
     serve(port=args.port, host=args.host or "127.0.0.1")
 
 
+def _keys_new(args: argparse.Namespace) -> None:
+    from app.keys import new_api_key
+
+    try:
+        key, entry = new_api_key(args.caller_id)
+    except ValueError as exc:
+        raise SystemExit(f"falgate keys new: {exc}") from None
+    # The two values on stdout (scriptable); the advice on stderr. The key is not stored anywhere.
+    print(f"key: {key}")
+    print(f"entry: {entry}")
+    print(
+        f"Give the key to {args.caller_id}; it is shown only this once. Add the entry to FALGATE_API_KEYS,\n"
+        f"comma-separated from any others, e.g. FALGATE_API_KEYS={entry}",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="falgate", description="A gateway for fal.ai's image-to-video models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=9000)
     emulator.set_defaults(run=_emulator)
+
+    keys = commands.add_parser("keys", help="manage callers' API keys (FALGATE_AUTH=api_key)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_new = keys_commands.add_parser("new", help="print a new random key and its FALGATE_API_KEYS entry")
+    keys_new.add_argument("caller_id", metavar="CALLER_ID", help="who the key is for, e.g. alice or web-app")
+    keys_new.set_defaults(run=_keys_new)
 
     args = parser.parse_args(argv)
     try:
