@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.catalog import CATALOG
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
-from app.routes import catalog, health, proxy, queue, storage
+from app.routes import callers, catalog, health, proxy, queue, storage
 from app.settings import EMULATOR_MOUNT, Settings
 from app.state import Gateway
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = Gateway.create(settings)
+        gateway = await Gateway.open(settings)
         app.state.gateway = gateway
         if emulator is not None:
             await emulator.state.emulator.startup()
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(catalog.router)
+    app.include_router(callers.router)
     app.include_router(proxy.proxy_router(settings.proxy_path))
     app.include_router(storage.router)
     if emulator is not None:

@@ -1,41 +1,42 @@
 """The one request pipeline both front doors share.
 
-authenticate -> check ownership -> rate limit and budget -> validate -> forward with the key -> record.
-A front door's only job is to turn its request into an `Operation` and call `handle`.
+authenticate -> rate limit -> check ownership -> validate -> budget and in-flight slot -> forward with
+the key -> record. A front door's only job is to turn its request into an `Operation` and call `handle`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import httpx
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
+from app import idempotency
+from app.auth import Caller
 from app.errors import InvalidInput, PayloadTooLarge
-from app.operations import SPENDING_KINDS, FrontDoor, Operation, OpKind
+from app.ledger import Admission
+from app.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
+from app.ratelimit import operation_class
+from app.relay import json_body, relay, relay_stream
 from app.state import Gateway
 from app.validation import validate_input
 
-# Response headers worth relaying besides fal's own x-fal-*; hop-by-hop headers, cookies and upstream
-# server details stay behind.
-_RELAYED_RESPONSE_HEADERS = frozenset({"content-type", "cache-control", "retry-after"})
-_URL_FIELDS = ("response_url", "status_url", "cancel_url")
-_REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS})
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
-FAL_QUEUE_BASE = "https://queue.fal.run"
 
 
 async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
+    caller = await gateway.auth.authenticate(request)
+    verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
+    if op.kind in PER_REQUEST_KINDS:
+        await gateway.ledger.owned(caller, op)
     body = await read_body(request, gateway.settings.max_body_bytes) if op.kind in _BODY_KINDS else None
     if op.kind in SPENDING_KINDS:
-        check_input(gateway, op, body or b"")
-    if op.kind is OpKind.STREAM:
-        return await _relay_stream(gateway, op, request)
-    upstream = await gateway.upstream.send(op, request.headers, body)
-    return relay(gateway, op, upstream)
+        response = await _spend(gateway, caller, op, request, body or b"")
+    elif op.kind is OpKind.STREAM:
+        response = await _stream(gateway, op, request)
+    else:
+        response = await _forward(gateway, op, request, body)
+    response.headers.update(verdict.headers())
+    return response
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -53,7 +54,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def check_input(gateway: Gateway, op: Operation, body: bytes) -> None:
+def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
     assert op.model is not None
     try:
         payload = orjson.loads(body)
@@ -62,68 +63,81 @@ def check_input(gateway: Gateway, op: Operation, body: bytes) -> None:
     errors = validate_input(op.model, payload, gateway.validation_limits)
     if errors:
         raise InvalidInput(errors)
+    return payload
 
 
-def relay(gateway: Gateway, op: Operation, upstream: httpx.Response) -> Response:
-    content = upstream.content
-    if op.kind in _REWRITTEN_KINDS and upstream.status_code < 300:
-        content = _rewrite_urls(gateway, op, content)
-    return Response(content, status_code=upstream.status_code, headers=_response_headers(upstream))
+async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Request, body: bytes) -> Response:
+    """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
+    payload = parse_input(gateway, op, body)
+    key = idempotency.key_from(request.headers) if op.kind is OpKind.SUBMIT else None
+    if key is not None:
+        replay = await gateway.idempotency.begin(caller.id, key, op, payload)
+        if replay is not None:
+            return replay
+    admission: Admission | None = None
+    try:
+        admission = await gateway.ledger.admit(caller, op, payload)
+        upstream = await gateway.upstream.send(op, request.headers, body)
+        response = relay(op, upstream, gateway.settings.gateway_url)
+        await _settle(gateway, op, admission, upstream.status_code, response)
+    except BaseException:
+        if admission is not None:
+            await gateway.ledger.abandon(admission)
+        if key is not None:
+            await gateway.idempotency.abort(caller.id, key)
+        raise
+    if key is not None:
+        if response.status_code < 300:
+            await gateway.idempotency.complete(caller.id, key, response)
+        else:
+            await gateway.idempotency.abort(caller.id, key)
+    return response
 
 
-async def _relay_stream(gateway: Gateway, op: Operation, request: Request) -> Response:
+async def _settle(gateway: Gateway, op: Operation, admission: Admission, status: int, response: Response) -> None:
+    ledger = gateway.ledger
+    if op.kind is OpKind.RUN:
+        # A sync run is over when fal answers: its slot is free, its cost spent unless it failed.
+        await ledger.abandon(admission, refund=status >= 300)
+        return
+    data = json_body(bytes(response.body)) if status < 300 else None
+    request_id = data.get("request_id") if data else None
+    if isinstance(request_id, str):
+        await ledger.commit(admission, op, request_id)
+    else:
+        await ledger.abandon(admission)
+
+
+async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
+    upstream = await gateway.upstream.send(op, request.headers, body)
+    response = relay(op, upstream, gateway.settings.gateway_url)
+    if op.request_id is not None:
+        await _observe(gateway, op, upstream.status_code, bytes(response.body))
+    return response
+
+
+async def _observe(gateway: Gateway, op: Operation, status: int, content: bytes) -> None:
+    assert op.request_id is not None
+    if op.kind is OpKind.STATUS and status < 300:
+        data = json_body(content)
+        if data is not None:
+            await gateway.ledger.observe_status(op.request_id, data)
+    elif op.kind is OpKind.RESULT and status == 200:
+        await gateway.ledger.finish(op.request_id, "COMPLETED")
+    elif op.kind is OpKind.CANCEL and status == 202:
+        await gateway.ledger.finish(op.request_id, "CANCELLED")
+
+
+async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response:
     upstream = await gateway.upstream.send(op, request.headers, stream=True)
     if upstream.status_code != 200:
         await upstream.aread()
         await upstream.aclose()
-        return relay(gateway, op, upstream)
-    headers = _response_headers(upstream)
-    headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"  # tell nginx-style proxies in front of us not to buffer events
-    return StreamingResponse(
-        _passthrough(upstream), status_code=200, headers=headers, background=BackgroundTask(upstream.aclose)
-    )
+        return relay(op, upstream, gateway.settings.gateway_url)
+    request_id = op.request_id
+    assert request_id is not None
 
+    async def on_last_status(status: dict) -> None:
+        await gateway.ledger.observe_status(request_id, status)
 
-async def _passthrough(upstream: httpx.Response) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in upstream.aiter_raw():
-            yield chunk
-    except httpx.HTTPError:
-        # fal dropped the stream mid-way; ending ours lets the client reconnect as it would with fal.
-        return
-    finally:
-        await upstream.aclose()
-
-
-def _response_headers(upstream: httpx.Response) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in upstream.headers.items()
-        if name.startswith("x-fal-") or name in _RELAYED_RESPONSE_HEADERS
-    }
-
-
-def request_urls(gateway: Gateway, op: Operation, request_id: str) -> dict[str, str]:
-    """The per-request URLs a caller of this front door should follow."""
-    base = gateway.settings.gateway_url if op.door is FrontDoor.REST else FAL_QUEUE_BASE
-    root = f"{base}/{op.app_id}/requests/{request_id}"
-    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
-
-
-def _rewrite_urls(gateway: Gateway, op: Operation, content: bytes) -> bytes:
-    # fal's URLs would send the Python client straight to fal (or to our private upstream base).
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return content
-    if not isinstance(data, dict) or not any(field in data for field in _URL_FIELDS):
-        return content
-    request_id = data.get("request_id") or op.request_id
-    if not isinstance(request_id, str):
-        return content
-    urls = request_urls(gateway, op, request_id)
-    for field in _URL_FIELDS:
-        if field in data:
-            data[field] = urls[field]
-    return orjson.dumps(data)
+    return relay_stream(upstream, on_last_status)

@@ -39,7 +39,8 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FALGATE_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a rejected FAL_KEY or API key list must never be quoted back in an error.
+    model_config = SettingsConfigDict(env_prefix="FALGATE_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     fal_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("FAL_KEY", "FALGATE_FAL_KEY"))
     upstream: Literal["live", "emulator"] | None = None
@@ -76,6 +77,25 @@ class Settings(BaseSettings):
 
     emulator_job_seconds: float = Field(default=4.0, ge=0)
 
+    # --- callers: authentication ---
+    auth: Literal["none", "api_key", "jwt"] = "none"
+    allow_anonymous: bool = False
+    api_keys: SecretStr | None = None  # "caller_id:key,caller_id:sha256:<hex>,..."
+    jwt_secret: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
+
+    # --- callers: limits, budgets, store ---
+    store_url: str = "sqlite:///./falgate.db"
+    rate_limit_submit: str = "10/minute"
+    rate_limit_read: str = "600/minute"
+    max_inflight: int = Field(default=5, ge=1)
+    inflight_ttl_seconds: float = Field(default=3600.0, gt=0)  # a slot nobody released frees itself
+    budget_per_day: float | None = Field(default=None, ge=0)
+    idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
@@ -93,6 +113,54 @@ class Settings(BaseSettings):
             raise ValueError("FALGATE_PROXY_PATH must start with '/' and not end with one, e.g. /api/fal/proxy")
         return value
 
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _valid_jwks(cls, value: str | None) -> str | None:
+        return None if value is None else _check_base_url(value, "FALGATE_JWT_JWKS_URL")
+
+    @field_validator("store_url")
+    @classmethod
+    def _valid_store(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "redis://", "rediss://")):
+            raise ValueError("FALGATE_STORE_URL must be sqlite:///path or redis://host:port/db")
+        return value
+
+    @field_validator("rate_limit_submit", "rate_limit_read")
+    @classmethod
+    def _valid_rate(cls, value: str, info) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"FALGATE_{info.field_name.upper()} must look like 10/minute, got {value!r}") from None
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _valid_prices(cls, value: str | None) -> str | None:
+        from app.billing import parse_price_table
+
+        parse_price_table(value)
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _valid_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        from app.auth.api_keys import ApiKeyTable
+
+        if value is not None:
+            ApiKeyTable.parse(value.get_secret_value())  # its errors name entries by position, never by content
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        if self.auth == "api_key" and not self.api_keys:
+            raise ValueError("FALGATE_AUTH=api_key needs FALGATE_API_KEYS (create one with: falgate keys new CALLER_ID)")
+        if self.auth == "jwt" and not (self.jwt_secret or self.jwt_jwks_url):
+            raise ValueError("FALGATE_AUTH=jwt needs FALGATE_JWT_SECRET (HS256) or FALGATE_JWT_JWKS_URL (RS256/ES256)")
+        return self
+
     @model_validator(mode="after")
     def _resolve_upstream(self) -> Settings:
         if self.upstream is None:
@@ -101,6 +169,11 @@ class Settings(BaseSettings):
             raise ValueError("FALGATE_UPSTREAM=live needs FAL_KEY (or unset both to run against the built-in emulator)")
         if self.fal_key is not None and not self.fal_key.get_secret_value().strip():
             raise ValueError("FAL_KEY is set but empty")
+        if self.upstream == "live" and self.auth == "none" and not self.allow_anonymous:
+            raise ValueError(
+                "live mode with FALGATE_AUTH=none would let anyone spend the key: "
+                "set FALGATE_AUTH=api_key or jwt, or FALGATE_ALLOW_ANONYMOUS=true to accept that"
+            )
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import httpx
@@ -69,10 +70,17 @@ def test_dropped_connection_on_read_is_retried(impatient_gateway: Server, upstre
         assert len([r for r in upstream.requests() if r["path"].endswith("/status")]) == 2
 
 
-def test_refused_connection_is_502(tmp_path) -> None:
+def test_refused_connection_is_502(emulator: Server) -> None:
+    # Own a request through a working gateway, then read it through one whose upstream is gone.
+    store = f"sqlite:///{tempfile.mkdtemp()}/falgate.db"
+    working = start_gateway(emulator, FALGATE_STORE_URL=store)
+    with leak_checked_client(working.url) as client:
+        request_id = _submit(client)["request_id"]
+    working.stop()
     dead = f"http://127.0.0.1:{free_port()}"
     server = start_gateway(
         None,
+        FALGATE_STORE_URL=store,
         FALGATE_UPSTREAM="live",
         FALGATE_FAL_QUEUE_URL=dead,
         FALGATE_FAL_RUN_URL=dead,
@@ -84,7 +92,8 @@ def test_refused_connection_is_502(tmp_path) -> None:
             submit = client.post(f"/{KLING}", json=VALID_BODIES[KLING])
             assert submit.status_code == 502
             assert submit.json()["detail"]
-            status = client.get("/fal-ai/kling-video/requests/abc/status")
+            status = client.get(f"/fal-ai/kling-video/requests/{request_id}/status")
             assert status.status_code == 502
+            assert status.json()["error_type"] == "upstream_unavailable"
     finally:
         server.stop()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.catalog import CATALOG, catalog_entry
-from app.state import GatewayDep
+from app.state import CallerDep, GatewayDep
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 @router.get("/models", summary="The models this gateway serves")
-async def list_models(gateway: GatewayDep) -> dict:
+async def list_models(caller: CallerDep, gateway: GatewayDep) -> dict:
     return {"models": [catalog_entry(spec, gateway.prices) for spec in CATALOG.values()]}

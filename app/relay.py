@@ -1,0 +1,110 @@
+"""Turning fal's answer into the caller's: status and body unchanged, URLs rewritten, headers filtered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import orjson
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from app.operations import FrontDoor, Operation, OpKind
+
+# Besides fal's own x-fal-*, only these come back; hop-by-hop headers, cookies and upstream server
+# details stay behind.
+_RELAYED_RESPONSE_HEADERS = frozenset({"content-type", "cache-control", "retry-after"})
+_URL_FIELDS = ("response_url", "status_url", "cancel_url")
+_REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS})
+FAL_QUEUE_BASE = "https://queue.fal.run"
+
+StatusCallback = Callable[[dict], Awaitable[None]]
+
+
+def relay(op: Operation, upstream: httpx.Response, gateway_url: str) -> Response:
+    content = upstream.content
+    if op.kind in _REWRITTEN_KINDS and upstream.status_code < 300:
+        content = _rewrite_urls(op, content, gateway_url)
+    return Response(content, status_code=upstream.status_code, headers=response_headers(upstream))
+
+
+def relay_stream(upstream: httpx.Response, on_last_status: StatusCallback | None = None) -> StreamingResponse:
+    """Stream fal's SSE through chunk by chunk (keep-alive comments included), never buffered."""
+    headers = response_headers(upstream)
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"  # tell nginx-style proxies in front of us not to buffer events
+    return StreamingResponse(
+        _passthrough(upstream, on_last_status),
+        status_code=upstream.status_code,
+        headers=headers,
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def _passthrough(upstream: httpx.Response, on_last_status: StatusCallback | None) -> AsyncIterator[bytes]:
+    tail = b""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+            tail = (tail + chunk)[-65536:]
+    except httpx.HTTPError:
+        # fal dropped the stream mid-way; ending ours lets the client reconnect as it would with fal.
+        return
+    finally:
+        await upstream.aclose()
+    if on_last_status is not None:
+        last = _last_event(tail)
+        if last is not None:
+            await on_last_status(last)
+
+
+def _last_event(tail: bytes) -> dict | None:
+    for line in reversed(tail.splitlines()):
+        if line.startswith(b"data:"):
+            try:
+                event = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return None
+            return event if isinstance(event, dict) else None
+    return None
+
+
+def response_headers(upstream: httpx.Response) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in upstream.headers.items()
+        if name.startswith("x-fal-") or name in _RELAYED_RESPONSE_HEADERS
+    }
+
+
+def request_urls(op: Operation, request_id: str, gateway_url: str) -> dict[str, str]:
+    """The per-request URLs a caller of this front door should follow."""
+    base = gateway_url if op.door is FrontDoor.REST else FAL_QUEUE_BASE
+    root = f"{base}/{op.app_id}/requests/{request_id}"
+    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+
+
+def _rewrite_urls(op: Operation, content: bytes, gateway_url: str) -> bytes:
+    # fal's URLs would send the Python client straight to fal (or to our private upstream base).
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return content
+    if not isinstance(data, dict) or not any(field in data for field in _URL_FIELDS):
+        return content
+    request_id = data.get("request_id") or op.request_id
+    if not isinstance(request_id, str):
+        return content
+    urls = request_urls(op, request_id, gateway_url)
+    for field in _URL_FIELDS:
+        if field in data:
+            data[field] = urls[field]
+    return orjson.dumps(data)
+
+
+def json_body(content: bytes) -> dict | None:
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
