@@ -61,7 +61,7 @@ def _split(raw: str) -> tuple[str, list[str], dict[str, str]]:
         raise TargetRefused("not a URL") from None
     if parts.scheme != "https":
         raise TargetRefused("only https URLs are allowed")
-    if parts.fragment:
+    if parts.fragment or "#" in raw:  # urlsplit drops an empty fragment ("...#") without a trace
         raise TargetRefused("fragments are not allowed")
     host = parts.hostname or ""
     if parts.username is not None or parts.password is not None:
