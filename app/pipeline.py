@@ -140,4 +140,4 @@ async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response
     async def on_last_status(status: dict) -> None:
         await gateway.ledger.observe_status(request_id, status)
 
-    return relay_stream(upstream, on_last_status)
+    return relay_stream(op, upstream, gateway.settings.gateway_url, on_last_status)

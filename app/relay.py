@@ -15,7 +15,7 @@ from app.operations import FrontDoor, Operation, OpKind
 # details stay behind.
 _RELAYED_RESPONSE_HEADERS = frozenset({"content-type", "cache-control", "retry-after"})
 _URL_FIELDS = ("response_url", "status_url", "cancel_url")
-_REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS})
+_REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS, OpKind.STREAM})
 FAL_QUEUE_BASE = "https://queue.fal.run"
 
 StatusCallback = Callable[[dict], Awaitable[None]]
@@ -28,45 +28,55 @@ def relay(op: Operation, upstream: httpx.Response, gateway_url: str) -> Response
     return Response(content, status_code=upstream.status_code, headers=response_headers(upstream))
 
 
-def relay_stream(upstream: httpx.Response, on_last_status: StatusCallback | None = None) -> StreamingResponse:
-    """Stream fal's SSE through chunk by chunk (keep-alive comments included), never buffered."""
+def relay_stream(
+    op: Operation, upstream: httpx.Response, gateway_url: str, on_last_status: StatusCallback | None = None
+) -> StreamingResponse:
+    """Stream fal's SSE through event by event (keep-alive comments included), never held back longer."""
     headers = response_headers(upstream)
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"  # tell nginx-style proxies in front of us not to buffer events
     return StreamingResponse(
-        _passthrough(upstream, on_last_status),
+        _passthrough(op, upstream, gateway_url, on_last_status),
         status_code=upstream.status_code,
         headers=headers,
         background=BackgroundTask(upstream.aclose),
     )
 
 
-async def _passthrough(upstream: httpx.Response, on_last_status: StatusCallback | None) -> AsyncIterator[bytes]:
-    tail = b""
+async def _passthrough(
+    op: Operation, upstream: httpx.Response, gateway_url: str, on_last_status: StatusCallback | None
+) -> AsyncIterator[bytes]:
+    pending = b""
+    last: dict | None = None
     try:
         async for chunk in upstream.aiter_raw():
-            yield chunk
-            tail = (tail + chunk)[-65536:]
+            pending += chunk.replace(b"\r\n", b"\n")
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                data = _event_data(event)
+                if data is not None:
+                    last = data
+                    event = b"data: " + _rewrite_urls(op, orjson.dumps(data), gateway_url)
+                yield event + b"\n\n"
     except httpx.HTTPError:
         # fal dropped the stream mid-way; ending ours lets the client reconnect as it would with fal.
         return
     finally:
         await upstream.aclose()
-    if on_last_status is not None:
-        last = _last_event(tail)
-        if last is not None:
-            await on_last_status(last)
+    if on_last_status is not None and last is not None:
+        await on_last_status(last)
 
 
-def _last_event(tail: bytes) -> dict | None:
-    for line in reversed(tail.splitlines()):
-        if line.startswith(b"data:"):
-            try:
-                event = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return None
-            return event if isinstance(event, dict) else None
-    return None
+def _event_data(event: bytes) -> dict | None:
+    """The JSON object of a one-line `data:` event; None for comments and anything else."""
+    lines = event.split(b"\n")
+    if len(lines) != 1 or not lines[0].startswith(b"data:"):
+        return None
+    try:
+        data = orjson.loads(lines[0][5:])
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def response_headers(upstream: httpx.Response) -> dict[str, str]:

@@ -254,3 +254,20 @@ def test_sqlite_restart_remembers_owners(emulator: Server) -> None:
             assert bob.get(f"/fal-ai/kling-video/requests/{rid}/status").status_code == 404
     finally:
         again.stop()
+
+
+def test_upload_needs_a_caller_and_counts_as_a_submit(emulator: Server, upstream: Upstream) -> None:
+    server = callers_gateway(emulator, "sqlite", FALGATE_RATE_LIMIT_SUBMIT="1/minute")
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    try:
+        upstream.clear()
+        with leak_checked_client(server.url) as anonymous:
+            assert anonymous.post("/v1/storage/upload", files={"file": ("a.png", png)}).status_code == 401
+        assert upstream.count() == 0
+        with as_caller(server, "alice") as alice:
+            first = alice.post("/v1/storage/upload", files={"file": ("a.png", png)})
+            assert first.status_code == 200, first.text
+            assert "ratelimit" in first.headers
+            assert alice.post("/v1/storage/upload", files={"file": ("a.png", png)}).status_code == 429
+    finally:
+        server.stop()

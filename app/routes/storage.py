@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
-from app.state import GatewayDep
+from app.state import CallerDep, GatewayDep
 from app.uploads import ACCEPTED_TYPES, FILE_FIELD, UploadedImage, spool_image, store_on_fal
 
 router = APIRouter(prefix="/v1/storage", tags=["storage"])
@@ -40,9 +40,11 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed or interrupted multipart body"},
+    401: {"description": "Missing or invalid caller credentials"},
     413: {"description": "The image is larger than FALGATE_MAX_IMAGE_BYTES"},
     415: {"description": "Not multipart/form-data, or the file is not a PNG, JPEG, WebP or GIF image"},
     422: {"description": f"No {FILE_FIELD!r} field, or an empty file"},
+    429: {"description": "Over the caller's submit rate limit"},
     502: {"description": "fal storage refused or could not be reached"},
     504: {"description": "fal storage did not answer in time"},
 }
@@ -59,6 +61,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
     openapi_extra=_REQUEST_BODY,
 )
-async def upload(request: Request, gateway: GatewayDep) -> UploadedImage:
+async def upload(request: Request, response: Response, caller: CallerDep, gateway: GatewayDep) -> UploadedImage:
+    # Uploads spend storage on the server's fal account: counted with submits, before the body is read.
+    verdict = await gateway.limiter.hit(caller.id, "submit")
+    response.headers.update(verdict.headers())
     async with spool_image(request, gateway.settings.max_image_bytes) as image:
         return await store_on_fal(gateway.upstream, image)
