@@ -115,7 +115,16 @@ def emulator_env(emulator: Server) -> dict[str, str]:
 
 def start_gateway(emulator: Server | None = None, key: str = CANARY_FAL_KEY, **env: str) -> Server:
     port = free_port()
-    full_env = {"FAL_KEY": key, "FALGATE_PORT": str(port), "FALGATE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    full_env = {
+        "FAL_KEY": key,
+        "FALGATE_PORT": str(port),
+        "FALGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        # The default suite runs without caller auth; tests of authentication set FALGATE_AUTH themselves.
+        "FALGATE_ALLOW_ANONYMOUS": "true",
+        "FALGATE_RATE_LIMIT_SUBMIT": "100000/minute",
+        "FALGATE_RATE_LIMIT_READ": "100000/minute",
+        "FALGATE_MAX_INFLIGHT": "100000",
+    }
     if emulator is not None:
         full_env.update(emulator_env(emulator))
     full_env["FALGATE_STORE_URL"] = env.pop("FALGATE_STORE_URL", f"sqlite:///{tempfile.mkdtemp()}/falgate.db")
