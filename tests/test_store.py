@@ -391,7 +391,7 @@ async def test_redis_keys_expire(redis_prefix: str) -> None:
         await store.reserve_budget("alice", DAY, 1.0, 10.0)
         await store.acquire_slot("alice", "t", limit=5, ttl=60)
     keys = [key.decode() async for key in raw.scan_iter(match=f"{redis_prefix}*")]
-    assert len(keys) == 4  # record, caller index, spend, slots
+    assert len(keys) == 5  # record, caller index, pending index, spend, slots
     for key in keys:
         assert 0 < await raw.ttl(key) <= 7 * 86400, key
     assert 2 * 86400 < await raw.ttl(f"{redis_prefix}spend:alice:{DAY}") <= 3 * 86400

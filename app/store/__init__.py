@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from app.store.base import (
     TERMINAL_STATES,
+    Completion,
+    Delivery,
+    Event,
     RequestRecord,
     Store,
     StoredResponse,
@@ -12,6 +15,9 @@ from app.store.base import (
 
 __all__ = [
     "TERMINAL_STATES",
+    "Completion",
+    "Delivery",
+    "Event",
     "RequestRecord",
     "Store",
     "StoreUnavailable",

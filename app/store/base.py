@@ -1,9 +1,8 @@
 """The store's contract: records, states, and the `Store` interface both backends implement.
 
 Everything the gateway must agree on across replicas lives behind this interface: request
-ownership, in-flight slots, daily spend and idempotency keys. A later addition (webhook events,
-a delivery outbox) is new abstract methods here, a new migration in `sqlite.py`, and new keys in
-`redis.py`; nothing already here has to change.
+ownership, in-flight slots, daily spend and idempotency keys, and for the webhook relay: fal's
+completions, each request's event log, and the outbox of webhooks owed to callers' own servers.
 """
 
 from __future__ import annotations
@@ -24,6 +23,15 @@ PROGRESS_ORDER: dict[str, int] = {"IN_QUEUE": 0, "IN_PROGRESS": 1}
 REQUEST_TTL_SECONDS = 7 * 86400
 REQUEST_INDEX_CAP = 1000  # newest requests kept listable per caller
 SPEND_TTL_SECONDS = 3 * 86400
+COMPLETION_TTL_SECONDS = REQUEST_TTL_SECONDS  # as long as the request it completes
+EVENT_TTL_SECONDS = 86400  # a request's event log lives a day past its last event
+EVENT_CAP = 1000  # newest events kept per request (a chatty log stream must not grow without bound)
+DELIVERY_TTL_SECONDS = 7 * 86400  # a delivery stays listable a week past its last change
+DELIVERY_INDEX_CAP = 1000  # newest deliveries kept listable per caller
+DELIVERY_HISTORY_CAP = 50  # newest attempts kept per delivery
+
+COMPLETION_SOURCES = frozenset({"webhook", "stream", "poll"})
+DELIVERY_STATES = frozenset({"pending", "delivered", "failed"})
 
 _MICROS_PER_USD = 1_000_000
 
@@ -43,6 +51,7 @@ class RequestRecord:
     cost: float = 0.0  # the reserved budget estimate (USD)
     budget_day: str = ""  # "YYYY-MM-DD" (UTC) the cost was reserved against; "" = no budget
     slot: str = ""  # the in-flight slot token held by this request ("" = none)
+    client_webhook: str = ""  # the caller's own fal_webhook URL ("" = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,47 @@ class StoredResponse:
     status_code: int
     headers: dict[str, str]
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """fal's verified webhook, or the gateway's own observation that a request finished."""
+
+    request_id: str
+    ok: bool  # fal "status": "OK" -> True, "ERROR" -> False
+    payload: dict | None  # the result body (fal's "payload")
+    error: str | None
+    received_at: float
+    source: str  # "webhook" | "stream" | "poll"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a request's event log, as browsers and apps receive it."""
+
+    seq: int  # 1, 2, 3 ... per request, strictly increasing, no gaps
+    kind: str  # "status" | "logs" | "completed" | "error"
+    data: dict
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A webhook owed to a caller's own server, retried until delivered or given up."""
+
+    delivery_id: str  # uuid hex, also the Standard Webhooks "webhook-id" (stable across retries)
+    request_id: str
+    caller_id: str
+    url: str
+    body: bytes  # the exact JSON bytes to send (signed per attempt with a fresh timestamp)
+    state: str  # "pending" | "delivered" | "failed" (gave up)
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None
+    history: tuple[dict, ...] = ()  # {"at", "status_code", "error", "duration_ms"}, newest last, capped
 
 
 def to_micros(amount: float) -> int:
@@ -80,6 +130,30 @@ def check_terminal_state(state: str) -> None:
 def check_ttl(ttl: float) -> None:
     if not math.isfinite(ttl) or ttl <= 0:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+
+
+def check_completion(completion: Completion) -> None:
+    if completion.source not in COMPLETION_SOURCES:
+        raise ValueError(f"completion source must be one of {sorted(COMPLETION_SOURCES)}, got {completion.source!r}")
+
+
+def check_delivery(delivery: Delivery) -> None:
+    if delivery.state not in DELIVERY_STATES:
+        raise ValueError(f"delivery state must be one of {sorted(DELIVERY_STATES)}, got {delivery.state!r}")
+    if not delivery.delivery_id:
+        raise ValueError("a delivery needs a delivery_id")
+    if not isinstance(delivery.body, bytes):
+        raise ValueError("a delivery's body must be the exact bytes to send")
+
+
+def check_lease(lease_seconds: float) -> None:
+    if not math.isfinite(lease_seconds) or lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}")
+
+
+def attempt_entry(at: float, status_code: int | None, error: str | None, duration_ms: int) -> dict:
+    """One `Delivery.history` entry; both backends build it here so they store the same shape."""
+    return {"at": at, "status_code": status_code, "error": error, "duration_ms": int(duration_ms)}
 
 
 class Store(ABC):
@@ -184,3 +258,83 @@ class Store(ABC):
     @abstractmethod
     async def idempotency_abort(self, caller_id: str, key: str) -> None:
         """Drops a pending claim (the submit failed before fal accepted it); completed keys stay."""
+
+    # --- webhook relay: completions and events ---
+
+    @abstractmethod
+    async def put_completion(self, completion: Completion) -> bool:
+        """First write wins: True if this call stored it, False if the request already had one
+        (fal retried the webhook, or a poll or stream saw the end first)."""
+
+    @abstractmethod
+    async def get_completion(self, request_id: str) -> Completion | None: ...
+
+    @abstractmethod
+    async def append_event(self, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
+        """Appends with the next seq, atomically across replicas.
+
+        A terminal event ("completed"/"error") closes the log: once one exists, every later append,
+        terminal or not, returns None. So it appears at most once, and it is always the last event,
+        which is what lets consumers stop at it. The newest EVENT_CAP events are kept (the terminal
+        one, being the newest, is never dropped), for EVENT_TTL_SECONDS after the last append.
+        """
+
+    @abstractmethod
+    async def events_after(self, request_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with seq > after_seq, oldest first."""
+
+    @abstractmethod
+    async def has_terminal_event(self, request_id: str) -> bool: ...
+
+    @abstractmethod
+    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
+        """Non-terminal requests created before `older_than` (unix time), oldest first: the fallback
+        poller's work list for webhooks that never came."""
+
+    # --- webhook relay: the outbox of client webhooks ---
+
+    @abstractmethod
+    async def enqueue_delivery(self, delivery: Delivery) -> bool:
+        """Stores it; idempotent on delivery_id (False if it existed, which stays unchanged)."""
+
+    @abstractmethod
+    async def claim_deliveries(self, now: float, lease_seconds: float, limit: int = 10) -> list[Delivery]:
+        """Atomically leases up to `limit` pending deliveries due at `now` (oldest due first) until
+        now + lease_seconds. Concurrent claimers, on any replica, never get the same delivery; one
+        whose lease lapsed (its claimer died) can be claimed again."""
+
+    @abstractmethod
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        ok: bool,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int,
+        next_attempt_at: float | None,
+    ) -> Delivery | None:
+        """Logs an attempt (attempts += 1, history) and frees the lease.
+
+        ok -> "delivered" for good; not ok -> "pending" again at `next_attempt_at`, or "failed" when
+        that is None. A delivery already delivered stays delivered (a late report from a claimer
+        whose lease lapsed can't undo it). None if the delivery is unknown.
+        """
+
+    @abstractmethod
+    async def get_delivery(self, delivery_id: str) -> Delivery | None: ...
+
+    @abstractmethod
+    async def list_deliveries(self, caller_id: str, limit: int = 50) -> list[Delivery]:
+        """The caller's deliveries, newest `created_at` first."""
+
+    @abstractmethod
+    async def redeliver(self, delivery_id: str, now: float) -> Delivery | None:
+        """The caller asked for a re-send: back to "pending", due at `now`, whatever its state.
+
+        A lease in force is kept, so a re-send never runs alongside an attempt in flight.
+        """
+
+    @abstractmethod
+    async def outbox_depth(self) -> int:
+        """How many deliveries are pending (due, waiting for a retry, or in flight)."""

@@ -10,6 +10,10 @@ Keys (prefix configurable so tests and several gateways can share one Redis):
     {p}slots:{caller_id}           zset   slot token by expiry (server unix seconds)
     {p}spend:{caller_id}:{day}     string integer micro-dollars
     {p}idem:{caller_id}:{key}      hash   fingerprint [+ status_code, headers, body once completed]
+    {p}pending                     zset   non-terminal request_id by created_at (the fallback poller's
+                                          work list); ids whose record expired or finished are dropped
+                                          when pending_requests finds them
+The webhook relay's keys are listed in redis_relay.py.
 Variable parts are percent-encoded, so a ":" inside a caller id or key can't collide with another.
 """
 
@@ -44,6 +48,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
+from app.store.redis_relay import RedisRelay
 
 DEFAULT_PREFIX = "falgate:"
 
@@ -57,13 +62,14 @@ if rank[state] and rank[ARGV[1]] > rank[state] then redis.call('HSET', KEYS[1], 
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS[1] record; ARGV[1] terminal state, ARGV[2..] all terminal states. The one caller that flips
-# the state gets the record back; every racer after it gets nil.
+# KEYS[1] record, KEYS[2] pending index; ARGV[1] terminal state, ARGV[2..] all terminal states. The
+# one caller that flips the state gets the record back; every racer after it gets nil.
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 for i = 2, #ARGV do if state == ARGV[i] then return nil end end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'request_id'))
 return redis.call('HGETALL', KEYS[1])
 """
 
@@ -161,6 +167,7 @@ def _record_from_flat(flat: Any) -> RequestRecord | None:
         cost=float(fields.get("cost", "0")),
         budget_day=fields.get("budget_day", ""),
         slot=fields.get("slot", ""),
+        client_webhook=fields.get("client_webhook", ""),
     )
 
 
@@ -175,10 +182,11 @@ def _record_to_hash(record: RequestRecord) -> dict[FieldT, EncodableT]:
         "cost": repr(float(record.cost)),
         "budget_day": record.budget_day,
         "slot": record.slot,
+        "client_webhook": record.client_webhook,
     }
 
 
-class RedisStore(Store):
+class RedisStore(RedisRelay, Store):
     def __init__(
         self, url: str, *, prefix: str = DEFAULT_PREFIX, connect_timeout: float = 1.5, timeout: float = 5.0
     ) -> None:
@@ -199,6 +207,7 @@ class RedisStore(Store):
         self._idem_begin = register(_IDEM_BEGIN)
         self._idem_complete = register(_IDEM_COMPLETE)
         self._idem_abort = register(_IDEM_ABORT)
+        self._register_relay_scripts()
 
     def _key(self, kind: str, *parts: str) -> str:
         return self._prefix + kind + "".join(":" + quote(part, safe="") for part in parts)
@@ -226,6 +235,7 @@ class RedisStore(Store):
 
     async def record_request(self, record: RequestRecord) -> None:
         key, index = self._key("req", record.request_id), self._key("reqs", record.caller_id)
+        pending = self._key("pending")
         with self._guard():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(key)  # replace, don't merge with a previous record's fields
@@ -234,6 +244,11 @@ class RedisStore(Store):
                 pipe.zadd(index, {record.request_id: record.created_at})
                 pipe.zremrangebyrank(index, 0, -REQUEST_INDEX_CAP - 1)
                 pipe.expire(index, REQUEST_TTL_SECONDS)
+                if record.state in TERMINAL_STATES:
+                    pipe.zrem(pending, record.request_id)
+                else:
+                    pipe.zadd(pending, {record.request_id: record.created_at})
+                pipe.expire(pending, REQUEST_TTL_SECONDS)  # outlives every record it lists
                 await pipe.execute()
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
@@ -259,6 +274,32 @@ class RedisStore(Store):
                 await self._redis.zrem(index, *stale)
         return [rec for rec in records if rec is not None and rec.caller_id == caller_id]
 
+    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
+        pending = self._key("pending")
+        found: list[RequestRecord] = []
+        with self._guard():
+            while len(found) < limit:
+                # Pages start after what was kept: stale ids found on the way are removed below.
+                ids = cast(
+                    list[bytes],
+                    await self._redis.zrangebyscore(pending, "-inf", f"({older_than!r}", start=len(found), num=limit),
+                )
+                if not ids:
+                    break
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for request_id in ids:
+                        pipe.hgetall(self._key("req", request_id.decode()))
+                    records = [_record_from_flat(row) for row in await pipe.execute()]
+                stale = [
+                    rid for rid, rec in zip(ids, records, strict=True) if rec is None or rec.state in TERMINAL_STATES
+                ]
+                if stale:
+                    await self._redis.zrem(pending, *stale)
+                found += [rec for rec in records if rec is not None and rec.state not in TERMINAL_STATES]
+                if len(ids) < limit:
+                    break
+        return found[:limit]
+
     async def set_state(self, request_id: str, state: str) -> RequestRecord | None:
         check_progress_state(state)
         progress = sorted(PROGRESS_ORDER, key=PROGRESS_ORDER.__getitem__)
@@ -269,7 +310,8 @@ class RedisStore(Store):
     async def finish_request(self, request_id: str, state: str) -> RequestRecord | None:
         check_terminal_state(state)
         with self._guard():
-            flat = await self._finish(keys=[self._key("req", request_id)], args=[state, *sorted(TERMINAL_STATES)])
+            keys = [self._key("req", request_id), self._key("pending")]
+            flat = await self._finish(keys=keys, args=[state, *sorted(TERMINAL_STATES)])
         return _record_from_flat(flat)
 
     # --- in-flight slots ---

@@ -34,6 +34,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
+from app.store.sqlite_relay import RELAY_MIGRATION, SQLiteRelay
 
 T = TypeVar("T")
 _Op = Callable[[aiosqlite.Connection], Awaitable[T]]
@@ -65,6 +66,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             " expires_at REAL NOT NULL, PRIMARY KEY (caller_id, key))"
         ),
     ),
+    RELAY_MIGRATION,  # requests.client_webhook, completions, event logs, the client-webhook outbox
 )
 
 # Column order == field order, so a row is RequestRecord(*row) and a record is astuple(record).
@@ -89,7 +91,7 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteRelay, Store):
     def __init__(self, path: str) -> None:
         self._path = path
         if path != ":memory:":
@@ -173,6 +175,7 @@ class SQLiteStore(Store):
         await db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
         await db.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
         await db.execute("DELETE FROM requests WHERE created_at < ?", (now - REQUEST_TTL_SECONDS,))
+        await self._prune_relay(db, now)
 
     async def ping(self) -> None:
         await self._read(lambda db: _one(db, "SELECT 1"))

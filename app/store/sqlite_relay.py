@@ -1,0 +1,295 @@
+"""The webhook relay's share of the SQLite store: completions, event logs and the client-webhook outbox.
+
+A mixin for `SQLiteStore`: every method runs through the store's `_write` (one `BEGIN IMMEDIATE`
+transaction, so a check-and-set can't interleave with another connection's, even in another process)
+or `_read`. Its tables come from RELAY_MIGRATION, which `sqlite.MIGRATIONS` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiosqlite
+
+from app.store.base import (
+    COMPLETION_TTL_SECONDS,
+    DELIVERY_HISTORY_CAP,
+    DELIVERY_TTL_SECONDS,
+    EVENT_CAP,
+    EVENT_TTL_SECONDS,
+    TERMINAL_STATES,
+    Completion,
+    Delivery,
+    Event,
+    RequestRecord,
+    attempt_entry,
+    check_completion,
+    check_delivery,
+    check_lease,
+)
+
+T = TypeVar("T")
+_Op = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+_TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
+
+RELAY_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE requests ADD COLUMN client_webhook TEXT NOT NULL DEFAULT ''",
+    # Partial: the poller's scan only ever looks at the few requests still running.
+    f"CREATE INDEX IF NOT EXISTS requests_pending ON requests (created_at) WHERE state NOT IN ({_TERMINAL_SQL})",
+    (
+        "CREATE TABLE IF NOT EXISTS completions (request_id TEXT PRIMARY KEY, ok INTEGER NOT NULL,"
+        " payload_json TEXT, error TEXT, received_at REAL NOT NULL, source TEXT NOT NULL)"
+    ),
+    # One row per request's log: the last seq handed out survives the cap trimming old events, and
+    # terminal_seq is the "closed" flag appends check.
+    (
+        "CREATE TABLE IF NOT EXISTS event_logs (request_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,"
+        " terminal_seq INTEGER, updated_at REAL NOT NULL)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS events (request_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " data_json TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (request_id, seq)) WITHOUT ROWID"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS deliveries (delivery_id TEXT PRIMARY KEY, request_id TEXT NOT NULL,"
+        " caller_id TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, state TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,"
+        " last_status INTEGER, last_error TEXT, delivered_at REAL, history_json TEXT NOT NULL DEFAULT '[]',"
+        " lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL)"
+    ),
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS deliveries_by_caller ON deliveries (caller_id, created_at)",
+)
+
+_REQUEST_COLUMNS = ", ".join(field.name for field in fields(RequestRecord))
+# Delivery's fields in order, with history stored as JSON text.
+_DELIVERY_FIELDS = tuple(field.name for field in fields(Delivery))
+_DELIVERY_COLUMNS = ", ".join("history_json" if field.name == "history" else field.name for field in fields(Delivery))
+_DELIVERY_PLACEHOLDERS = ", ".join("?" for _ in fields(Delivery))
+
+
+async def _one(db: aiosqlite.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    async with db.execute(query, params) as cursor:
+        return await cursor.fetchone()
+
+
+async def _all(db: aiosqlite.Connection, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    async with db.execute(query, params) as cursor:
+        return list(await cursor.fetchall())
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    values = dict(zip(_DELIVERY_FIELDS, row, strict=True))
+    values["body"] = bytes(values["body"])
+    values["history"] = tuple(json.loads(values["history"]))
+    return Delivery(**values)
+
+
+async def _fetch_delivery(db: aiosqlite.Connection, delivery_id: str) -> Delivery | None:
+    row = await _one(db, f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?", (delivery_id,))
+    return None if row is None else _delivery(row)
+
+
+class SQLiteRelay:
+    """Mixed into SQLiteStore, which provides `_write` and `_read`."""
+
+    if TYPE_CHECKING:
+
+        async def _write(self, op: _Op[T]) -> T: ...
+
+        async def _read(self, op: _Op[T]) -> T: ...
+
+    @staticmethod
+    async def _prune_relay(db: aiosqlite.Connection, now: float) -> None:
+        await db.execute("DELETE FROM completions WHERE received_at < ?", (now - COMPLETION_TTL_SECONDS,))
+        stale_logs = "SELECT request_id FROM event_logs WHERE updated_at < ?"
+        await db.execute(f"DELETE FROM events WHERE request_id IN ({stale_logs})", (now - EVENT_TTL_SECONDS,))
+        await db.execute("DELETE FROM event_logs WHERE updated_at < ?", (now - EVENT_TTL_SECONDS,))
+        # Pending deliveries are still owed; only settled ones age out.
+        await db.execute(
+            "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", (now - DELIVERY_TTL_SECONDS,)
+        )
+
+    # --- completions ---
+
+    async def put_completion(self, completion: Completion) -> bool:
+        check_completion(completion)
+        payload = None if completion.payload is None else _json(completion.payload)
+
+        async def op(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO completions (request_id, ok, payload_json, error, received_at, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    completion.request_id,
+                    int(completion.ok),
+                    payload,
+                    completion.error,
+                    completion.received_at,
+                    completion.source,
+                ),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    async def get_completion(self, request_id: str) -> Completion | None:
+        query = "SELECT ok, payload_json, error, received_at, source FROM completions WHERE request_id = ?"
+        row = await self._read(lambda db: _one(db, query, (request_id,)))
+        if row is None:
+            return None
+        ok, payload_json, error, received_at, source = row
+        payload = None if payload_json is None else json.loads(payload_json)
+        return Completion(request_id, bool(ok), payload, error, received_at, source)
+
+    # --- events ---
+
+    async def append_event(self, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
+        data_json = _json(data)  # serialize before the transaction: a bad payload fails without a write
+
+        async def op(db: aiosqlite.Connection) -> Event | None:
+            now = time.time()
+            row = await _one(db, "SELECT last_seq, terminal_seq FROM event_logs WHERE request_id = ?", (request_id,))
+            if row is not None and row[1] is not None:
+                return None  # the log is closed
+            seq = (row[0] if row is not None else 0) + 1
+            await db.execute(
+                "INSERT OR REPLACE INTO event_logs (request_id, last_seq, terminal_seq, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (request_id, seq, seq if terminal else None, now),
+            )
+            await db.execute(
+                "INSERT INTO events (request_id, seq, kind, data_json, at) VALUES (?, ?, ?, ?, ?)",
+                (request_id, seq, kind, data_json, now),
+            )
+            if seq > EVENT_CAP:  # drop the oldest; the newest (so any terminal one) stays
+                await db.execute("DELETE FROM events WHERE request_id = ? AND seq <= ?", (request_id, seq - EVENT_CAP))
+            return Event(seq, kind, json.loads(data_json), now)
+
+        return await self._write(op)
+
+    async def events_after(self, request_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        query = "SELECT seq, kind, data_json, at FROM events WHERE request_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        rows = await self._read(lambda db: _all(db, query, (request_id, after_seq, max(limit, 0))))
+        return [Event(seq, kind, json.loads(data_json), at) for seq, kind, data_json, at in rows]
+
+    async def has_terminal_event(self, request_id: str) -> bool:
+        query = "SELECT 1 FROM event_logs WHERE request_id = ? AND terminal_seq IS NOT NULL"
+        return await self._read(lambda db: _one(db, query, (request_id,))) is not None
+
+    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
+        query = (
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state NOT IN ({_TERMINAL_SQL}) AND created_at < ?"
+            " ORDER BY created_at LIMIT ?"
+        )
+        rows = await self._read(lambda db: _all(db, query, (older_than, max(limit, 0))))
+        return [RequestRecord(*row) for row in rows]
+
+    # --- outbox ---
+
+    async def enqueue_delivery(self, delivery: Delivery) -> bool:
+        check_delivery(delivery)
+        values = (
+            *(getattr(delivery, f.name) for f in fields(Delivery) if f.name != "history"),
+            _json(list(delivery.history)),
+        )
+
+        async def op(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                f"INSERT OR IGNORE INTO deliveries ({_DELIVERY_COLUMNS}, lease_until, updated_at)"
+                f" VALUES ({_DELIVERY_PLACEHOLDERS}, 0, ?)",
+                (*values, time.time()),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(op)
+
+    async def claim_deliveries(self, now: float, lease_seconds: float, limit: int = 10) -> list[Delivery]:
+        check_lease(lease_seconds)
+
+        async def op(db: aiosqlite.Connection) -> list[Delivery]:
+            # Select and lease in one IMMEDIATE transaction: no other connection can pick the same rows.
+            rows = await _all(
+                db,
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+                " AND lease_until <= ? ORDER BY next_attempt_at, rowid LIMIT ?",
+                (now, now, max(limit, 0)),
+            )
+            claimed = [_delivery(row) for row in rows]
+            await db.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE delivery_id = ?",
+                [(now + lease_seconds, d.delivery_id) for d in claimed],
+            )
+            return claimed
+
+        return await self._write(op)
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        *,
+        ok: bool,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: int,
+        next_attempt_at: float | None,
+    ) -> Delivery | None:
+        async def op(db: aiosqlite.Connection) -> Delivery | None:
+            current = await _fetch_delivery(db, delivery_id)
+            if current is None:
+                return None
+            now = time.time()
+            history = [*current.history, attempt_entry(now, status_code, error, duration_ms)][-DELIVERY_HISTORY_CAP:]
+            state, due, delivered_at = current.state, current.next_attempt_at, current.delivered_at
+            if state == "delivered":
+                pass  # a late report from a lapsed lease: logged, but delivered stays delivered
+            elif ok:
+                state, delivered_at = "delivered", now
+            elif next_attempt_at is None:
+                state = "failed"
+            else:
+                state, due = "pending", next_attempt_at
+            await db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_status = ?,"
+                " last_error = ?, delivered_at = ?, history_json = ?, lease_until = 0, updated_at = ?"
+                " WHERE delivery_id = ?",
+                (state, due, status_code, error, delivered_at, _json(history), now, delivery_id),
+            )
+            return await _fetch_delivery(db, delivery_id)
+
+        return await self._write(op)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return await self._read(lambda db: _fetch_delivery(db, delivery_id))
+
+    async def list_deliveries(self, caller_id: str, limit: int = 50) -> list[Delivery]:
+        query = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE caller_id = ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._read(lambda db: _all(db, query, (caller_id, max(limit, 0))))
+        return [_delivery(row) for row in rows]
+
+    async def redeliver(self, delivery_id: str, now: float) -> Delivery | None:
+        async def op(db: aiosqlite.Connection) -> Delivery | None:
+            # lease_until is left alone: an attempt in flight finishes before the re-send is claimable.
+            await db.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE delivery_id = ?",
+                (now, time.time(), delivery_id),
+            )
+            return await _fetch_delivery(db, delivery_id)
+
+        return await self._write(op)
+
+    async def outbox_depth(self) -> int:
+        (count,) = await self._read(lambda db: _one(db, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"))
+        return int(count)
