@@ -83,7 +83,7 @@ class Ledger:
                 )
         return Admission(caller.id, cost, day, slot)
 
-    async def commit(self, admission: Admission, op: Operation, request_id: str) -> None:
+    async def commit(self, admission: Admission, op: Operation, request_id: str, client_webhook: str = "") -> None:
         assert op.model is not None
         await self._store.record_request(
             RequestRecord(
@@ -96,6 +96,7 @@ class Ledger:
                 cost=admission.cost,
                 budget_day=admission.budget_day,
                 slot=admission.slot,
+                client_webhook=client_webhook,
             )
         )
 
@@ -121,14 +122,6 @@ class Ledger:
         if state != "COMPLETED" and record.budget_day and record.cost:
             await self._store.refund_budget(record.caller_id, record.budget_day, record.cost)
         log.info("request finished", extra={"fields": {"request_id": request_id, "state": state}})
-
-    async def observe_status(self, request_id: str, status: Mapping) -> None:
-        """Learn from a status body (a poll, a stream event or a webhook) how far a request has got."""
-        state = status.get("status")
-        if state == "COMPLETED":
-            await self.finish(request_id, "FAILED" if status.get("error") else "COMPLETED")
-        elif isinstance(state, str):
-            await self.progress(request_id, state)
 
     async def usage(self, caller: Caller) -> dict:
         day = today()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,9 @@ from starlette.middleware.cors import CORSMiddleware
 from app.catalog import CATALOG
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
-from app.routes import callers, catalog, health, proxy, queue, storage
+from app.metrics import Metrics
+from app.observability import RequestObserver
+from app.routes import callers, catalog, deliveries, events, fal_webhooks, health, playground, proxy, queue, storage
 from app.settings import EMULATOR_MOUNT, Settings
 from app.state import Gateway
 
@@ -50,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = await Gateway.open(settings)
+        gateway = await Gateway.open(settings, metrics)
         app.state.gateway = gateway
+        gateway.start()
         if emulator is not None:
             await emulator.state.emulator.startup()
             log.warning(
@@ -61,9 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # In-flight HTTP requests are done by now (uvicorn drains them first); send what is due.
+            await gateway.outbox.flush(time.monotonic() + min(5.0, settings.shutdown_grace_seconds / 2))
             if emulator is not None:
                 await emulator.state.emulator.shutdown()
             await gateway.aclose()
+
+    metrics = Metrics()
 
     app = FastAPI(
         title="falgate",
@@ -72,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Outermost, so it sees every answer, including the error handlers' and CORS refusals.
+    app.add_middleware(RequestObserver, metrics=metrics)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -83,10 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(callers.router)
+    app.include_router(events.router)
+    app.include_router(fal_webhooks.router)
+    app.include_router(deliveries.router)
     app.include_router(proxy.proxy_router(settings.proxy_path))
     app.include_router(storage.router)
     if emulator is not None:
         app.mount(EMULATOR_MOUNT, emulator)
+    app.include_router(playground.router)
     app.include_router(queue.router)  # last: it ends in a catch-all for unknown models
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

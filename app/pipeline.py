@@ -10,21 +10,28 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import idempotency
+import dataclasses
+
+from app import completions, idempotency
 from app.auth import Caller
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from app.ledger import Admission
+from app.observability import note
 from app.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
 from app.ratelimit import operation_class
-from app.relay import json_body, relay, relay_stream
+from app.relay import json_body, relay
+from app.status_stream import fal_status_stream
 from app.state import Gateway
 from app.validation import validate_input
+from app.webhook_delivery import TargetRefused, validate_target_url
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
 
 
 async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
+    note(request.state, operation=op.kind.value, door=op.door.value, model=_model_label(op), request_id=op.request_id)
     caller = await gateway.auth.authenticate(request)
+    note(request.state, caller_id=caller.id)
     verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
     if op.kind in PER_REQUEST_KINDS:
         await gateway.ledger.owned(caller, op)
@@ -54,6 +61,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _model_label(op: Operation) -> str:
+    # Bounded for metrics: a catalog slug, or the app id of a per-request path (also from the catalog).
+    return op.model.slug if op.model else op.app_id or "-"
+
+
 def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
     assert op.model is not None
     try:
@@ -62,6 +74,7 @@ def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
         raise InvalidInput([{"loc": ["body"], "msg": "Request body is not valid JSON", "type": "json_invalid"}]) from None
     errors = validate_input(op.model, payload, gateway.validation_limits)
     if errors:
+        gateway.metrics.validation_rejections.labels(model=op.model.slug).inc()
         raise InvalidInput(errors)
     return payload
 
@@ -69,6 +82,10 @@ def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
 async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Request, body: bytes) -> Response:
     """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
     payload = parse_input(gateway, op, body)
+    client_webhook = _client_webhook(gateway, op)
+    if op.kind is OpKind.SUBMIT:
+        # fal always calls our own receiver; the caller's webhook is ours to deliver once we verified fal's.
+        op = dataclasses.replace(op, params={**op.params, "fal_webhook": gateway.settings.fal_webhook_url})
     key = idempotency.key_from(request.headers) if op.kind is OpKind.SUBMIT else None
     if key is not None:
         replay = await gateway.idempotency.begin(caller.id, key, op, payload)
@@ -78,8 +95,9 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     try:
         admission = await gateway.ledger.admit(caller, op, payload)
         upstream = await gateway.upstream.send(op, request.headers, body)
+        note(request.state, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
         response = relay(op, upstream, gateway.settings.gateway_url)
-        await _settle(gateway, op, admission, upstream.status_code, response)
+        await _settle(gateway, op, admission, upstream.status_code, response, client_webhook)
     except BaseException:
         if admission is not None:
             await gateway.ledger.abandon(admission)
@@ -94,7 +112,25 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     return response
 
 
-async def _settle(gateway: Gateway, op: Operation, admission: Admission, status: int, response: Response) -> None:
+def _client_webhook(gateway: Gateway, op: Operation) -> str:
+    url = op.params.get("fal_webhook", "")
+    if not url:
+        return ""
+    if op.kind is not OpKind.SUBMIT:
+        raise BadRequest("fal_webhook is only supported on queue submits")
+    if gateway.settings.webhook_secret is None:
+        raise BadRequest("Client webhooks are not enabled on this gateway (FALGATE_WEBHOOK_SECRET is unset)")
+    try:
+        return validate_target_url(url, allow_private=gateway.settings.webhook_allow_private)
+    except TargetRefused as refused:
+        raise InvalidInput(
+            [{"loc": ["query", "fal_webhook"], "msg": f"Webhook URL refused: {refused.reason}", "type": "webhook_url"}]
+        ) from None
+
+
+async def _settle(
+    gateway: Gateway, op: Operation, admission: Admission, status: int, response: Response, client_webhook: str
+) -> None:
     ledger = gateway.ledger
     if op.kind is OpKind.RUN:
         # A sync run is over when fal answers: its slot is free, its cost spent unless it failed.
@@ -103,13 +139,15 @@ async def _settle(gateway: Gateway, op: Operation, admission: Admission, status:
     data = json_body(bytes(response.body)) if status < 300 else None
     request_id = data.get("request_id") if data else None
     if isinstance(request_id, str):
-        await ledger.commit(admission, op, request_id)
+        await ledger.commit(admission, op, request_id, client_webhook)
+        await completions.after_commit(gateway, request_id)
     else:
         await ledger.abandon(admission)
 
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
     upstream = await gateway.upstream.send(op, request.headers, body)
+    note(request.state, upstream_status=upstream.status_code)
     response = relay(op, upstream, gateway.settings.gateway_url)
     if op.request_id is not None:
         await _observe(gateway, op, upstream.status_code, bytes(response.body))
@@ -117,27 +155,21 @@ async def _forward(gateway: Gateway, op: Operation, request: Request, body: byte
 
 
 async def _observe(gateway: Gateway, op: Operation, status: int, content: bytes) -> None:
-    assert op.request_id is not None
+    """What a caller's own poll tells us about the request, so slots and budgets follow without a webhook."""
+    request_id = op.request_id
+    assert request_id is not None
     if op.kind is OpKind.STATUS and status < 300:
-        data = json_body(content)
-        if data is not None:
-            await gateway.ledger.observe_status(op.request_id, data)
+        state = (json_body(content) or {}).get("status")
+        if state == "COMPLETED":
+            await completions.from_upstream(gateway, request_id, op.app_id, source="poll")
+        elif isinstance(state, str):
+            await gateway.ledger.progress(request_id, state)
     elif op.kind is OpKind.RESULT and status == 200:
-        await gateway.ledger.finish(op.request_id, "COMPLETED")
+        await completions.record(gateway, completions.completion_from_result(request_id, status, content, "poll"))
     elif op.kind is OpKind.CANCEL and status == 202:
-        await gateway.ledger.finish(op.request_id, "CANCELLED")
+        await gateway.ledger.finish(request_id, "CANCELLED")
 
 
 async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response:
-    upstream = await gateway.upstream.send(op, request.headers, stream=True)
-    if upstream.status_code != 200:
-        await upstream.aread()
-        await upstream.aclose()
-        return relay(op, upstream, gateway.settings.gateway_url)
-    request_id = op.request_id
-    assert request_id is not None
-
-    async def on_last_status(status: dict) -> None:
-        await gateway.ledger.observe_status(request_id, status)
-
-    return relay_stream(op, upstream, gateway.settings.gateway_url, on_last_status)
+    """fal's status stream format, served from the shared watcher rather than one upstream stream each."""
+    return fal_status_stream(gateway, op, with_logs=op.params.get("logs") == "1")

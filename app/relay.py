@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
-from starlette.background import BackgroundTask
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from app.operations import FrontDoor, Operation, OpKind
 
@@ -18,8 +17,6 @@ _URL_FIELDS = ("response_url", "status_url", "cancel_url")
 _REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS, OpKind.STREAM})
 FAL_QUEUE_BASE = "https://queue.fal.run"
 
-StatusCallback = Callable[[dict], Awaitable[None]]
-
 
 def relay(op: Operation, upstream: httpx.Response, gateway_url: str) -> Response:
     content = upstream.content
@@ -28,43 +25,16 @@ def relay(op: Operation, upstream: httpx.Response, gateway_url: str) -> Response
     return Response(content, status_code=upstream.status_code, headers=response_headers(upstream))
 
 
-def relay_stream(
-    op: Operation, upstream: httpx.Response, gateway_url: str, on_last_status: StatusCallback | None = None
-) -> StreamingResponse:
-    """Stream fal's SSE through event by event (keep-alive comments included), never held back longer."""
-    headers = response_headers(upstream)
-    headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"  # tell nginx-style proxies in front of us not to buffer events
-    return StreamingResponse(
-        _passthrough(op, upstream, gateway_url, on_last_status),
-        status_code=upstream.status_code,
-        headers=headers,
-        background=BackgroundTask(upstream.aclose),
-    )
-
-
-async def _passthrough(
-    op: Operation, upstream: httpx.Response, gateway_url: str, on_last_status: StatusCallback | None
-) -> AsyncIterator[bytes]:
+async def iter_sse_data(upstream: httpx.Response) -> AsyncIterator[dict]:
+    """The JSON objects of an SSE stream's `data:` events, as they arrive (comments skipped)."""
     pending = b""
-    last: dict | None = None
-    try:
-        async for chunk in upstream.aiter_raw():
-            pending += chunk.replace(b"\r\n", b"\n")
-            *events, pending = pending.split(b"\n\n")
-            for event in events:
-                data = _event_data(event)
-                if data is not None:
-                    last = data
-                    event = b"data: " + _rewrite_urls(op, orjson.dumps(data), gateway_url)
-                yield event + b"\n\n"
-    except httpx.HTTPError:
-        # fal dropped the stream mid-way; ending ours lets the client reconnect as it would with fal.
-        return
-    finally:
-        await upstream.aclose()
-    if on_last_status is not None and last is not None:
-        await on_last_status(last)
+    async for chunk in upstream.aiter_raw():
+        pending += chunk.replace(b"\r\n", b"\n")
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            data = _event_data(event)
+            if data is not None:
+                yield data
 
 
 def _event_data(event: bytes) -> dict | None:

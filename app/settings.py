@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(default=200, gt=0)
 
     emulator_job_seconds: float = Field(default=4.0, ge=0)
+    playground: bool | None = None  # the browser playground at `/`; unset = on in emulator mode only
 
     # --- callers: authentication ---
     auth: Literal["none", "api_key", "jwt"] = "none"
@@ -95,6 +96,15 @@ class Settings(BaseSettings):
     inflight_ttl_seconds: float = Field(default=3600.0, gt=0)  # a slot nobody released frees itself
     budget_per_day: float | None = Field(default=None, ge=0)
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
+
+    # --- the webhook relay ---
+    webhook_secret: SecretStr | None = None  # "whsec_..." signs client webhooks (Standard Webhooks)
+    webhook_allow_private: bool = False  # let client webhooks target private/loopback addresses (development)
+    webhook_retry_scale: float = Field(default=1.0, gt=0)  # multiplies the >= 24 h retry schedule (tests shrink it)
+    webhook_grace_seconds: float = Field(default=60.0, ge=0)  # after this, the poller asks fal about quiet requests
+    poll_interval_seconds: float = Field(default=15.0, gt=0)
+    sse_ping_seconds: float = Field(default=15.0, gt=0)
+    metrics_token: SecretStr | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -117,6 +127,15 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_jwks(cls, value: str | None) -> str | None:
         return None if value is None else _check_base_url(value, "FALGATE_JWT_JWKS_URL")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        from app.webhook_delivery import check_secret
+
+        if value is not None:
+            check_secret(value.get_secret_value())
+        return value
 
     @field_validator("store_url")
     @classmethod
@@ -183,6 +202,11 @@ class Settings(BaseSettings):
     @property
     def emulated(self) -> bool:
         return self.upstream == "emulator"
+
+    @property
+    def fal_webhook_url(self) -> str:
+        """Where fal sends its webhooks: our own receiver."""
+        return f"{self.gateway_url}/v1/fal/webhook"
 
     @property
     def gateway_url(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app.errors import UpstreamTimeout, UpstreamUnavailable
+from app.metrics import Metrics
 from app.operations import READ_KINDS, Operation, OpKind
 from app.settings import Settings
 
@@ -44,8 +46,9 @@ class UpstreamCall:
 
 
 class UpstreamClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         limits = httpx.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
@@ -102,22 +105,23 @@ class UpstreamClient:
         )
         attempts = 1 + self._settings.read_retries
         for attempt in range(attempts):
+            started = time.perf_counter()
             try:
-                return await self._client.send(request, stream=stream)
+                response = await self._client.send(request, stream=stream)
             except httpx.HTTPError as exc:
+                if self._metrics is not None:
+                    kind = "timeout" if _is_timeout(exc) else "connection"
+                    self._metrics.upstream_errors.labels(operation=op.kind.value, kind=kind).inc()
                 if attempt + 1 >= attempts or not _may_retry(op, exc):
                     raise _mapped(exc, op) from None
                 await asyncio.sleep(_backoff(attempt))
+            else:
+                if self._metrics is not None:
+                    self._metrics.upstream_latency.labels(operation=op.kind.value).observe(time.perf_counter() - started)
+                    if response.status_code >= 500:
+                        self._metrics.upstream_errors.labels(operation=op.kind.value, kind="status_5xx").inc()
+                return response
         raise AssertionError("unreachable")
-
-    async def get_json(self, url: str) -> object:
-        """A plain GET of a public document (e.g. fal's JWKS), with the same error mapping."""
-        try:
-            response = await self._client.get(url, timeout=self._timeout)
-            response.raise_for_status()
-            return response.json()
-        except httpx.HTTPError as exc:
-            raise _mapped(exc, None) from None
 
     async def put_signed(self, url: str, content_type: str, body: AsyncIterable[bytes], size: int) -> httpx.Response:
         """PUT a file to a signed storage URL fal handed out, streaming `body` (exactly `size` bytes).

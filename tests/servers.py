@@ -124,6 +124,8 @@ def start_gateway(emulator: Server | None = None, key: str = CANARY_FAL_KEY, **e
         "FALGATE_RATE_LIMIT_SUBMIT": "100000/minute",
         "FALGATE_RATE_LIMIT_READ": "100000/minute",
         "FALGATE_MAX_INFLIGHT": "100000",
+        # Streams are served by the gateway itself: ping often so tests see keep-alives quickly.
+        "FALGATE_SSE_PING_SECONDS": "0.2",
     }
     if emulator is not None:
         full_env.update(emulator_env(emulator))

@@ -8,6 +8,7 @@ queue URLs fal hands out, the SSE status stream, the sync host.
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs
 import time
 from collections.abc import Iterator
 
@@ -229,23 +230,25 @@ def test_hostile_target_is_refused(proxy: httpx.Client, fal_log: FalLog, method:
     ],
 )
 def test_equivalent_spellings_reach_only_the_configured_upstream(
-    proxy: httpx.Client, fal_log: FalLog, target: str
+    proxy: httpx.Client, fal_log: FalLog, gateway: Server, target: str
 ) -> None:
-    # Accepted, but only classified: the URL fal receives is rebuilt from the configured base.
+    # Accepted, but only classified: the URL fal receives is rebuilt from the configured base,
+    # and its only query parameter is our own webhook receiver.
     response = _send(proxy, "POST", target, VALID_BODIES[WAN_I2V])
     assert response.status_code == 200, response.text
     (reached,) = fal_log.requests()
-    assert (reached["method"], reached["path"], reached["query"]) == ("POST", f"/queue/{WAN_I2V}", "")
+    assert (reached["method"], reached["path"]) == ("POST", f"/queue/{WAN_I2V}")
+    assert parse_qs(reached["query"]) == {"fal_webhook": [f"{gateway.url}/v1/fal/webhook"]}
 
 
-def test_only_known_query_parameters_are_passed_on(proxy: httpx.Client, fal_log: FalLog) -> None:
+def test_only_known_query_parameters_are_passed_on(proxy: httpx.Client, fal_log: FalLog, gateway: Server) -> None:
     submitted = _send(proxy, "POST", f"{SUBMIT}?evil=1&fal_key=x", VALID_BODIES[WAN_I2V])
     assert submitted.status_code == 200, submitted.text
     request_id = submitted.json()["request_id"]
     status = _send(proxy, "GET", f"{Q}/{WAN_I2V}/requests/{request_id}/status?logs=true&debug=1")
     assert status.status_code in (200, 202), status.text
     submit_seen, status_seen = fal_log.requests()
-    assert submit_seen["query"] == ""
+    assert parse_qs(submit_seen["query"]) == {"fal_webhook": [f"{gateway.url}/v1/fal/webhook"]}
     assert status_seen["query"] == "logs=1"
 
 

@@ -1,0 +1,102 @@
+"""The client-webhook outbox: durable deliveries, drained exactly once across replicas, retried >= 24 h.
+
+Deliveries live in the store, so a restart loses none; each attempt first claims its delivery with a
+lease, so two replicas never send the same one at once; a 2xx marks it delivered and it is never sent
+again unless the caller asks for a redelivery. Each attempt is signed afresh (Standard Webhooks)
+with the delivery id as `webhook-id`, stable across retries, so receivers can deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from app.state import Gateway
+from app.store import Delivery
+from app.webhook_delivery import WebhookSender, next_delay, sign
+
+log = logging.getLogger("falgate.outbox")
+
+_LEASE_SECONDS = 120.0
+_IDLE_SECONDS = 1.0
+
+
+class Outbox:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._sender = WebhookSender(allow_private=gateway.settings.webhook_allow_private)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def flush(self, deadline: float) -> None:
+        """Send what is due now (at shutdown), until nothing is due or the deadline passes."""
+        while time.monotonic() < deadline and await self._drain_once():
+            pass
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self._sender.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self._drain_once()
+                self._gateway.metrics.outbox_depth.set(await self._gateway.store.outbox_depth())
+            except Exception:
+                log.exception("outbox pass failed")
+                busy = False
+            if not busy:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_SECONDS)
+
+    async def _drain_once(self) -> bool:
+        claimed = await self._gateway.store.claim_deliveries(time.time(), _LEASE_SECONDS, limit=10)
+        if claimed:
+            await asyncio.gather(*(self._attempt(d) for d in claimed))
+        return bool(claimed)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        gateway = self._gateway
+        secret = gateway.settings.webhook_secret
+        assert secret is not None, "client webhooks are refused at submit without a secret"
+        headers = sign(secret.get_secret_value(), delivery.delivery_id, int(time.time()), delivery.body)
+        result = await self._sender.send(delivery.url, headers, delivery.body)
+        retry_in = None if result.ok else next_delay(delivery.attempts + 1)
+        next_at = None if retry_in is None else time.time() + retry_in * gateway.settings.webhook_retry_scale
+        await gateway.store.record_attempt(
+            delivery.delivery_id,
+            ok=result.ok,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            next_attempt_at=next_at,
+        )
+        outcome = "delivered" if result.ok else ("retry" if next_at else "gave_up")
+        gateway.metrics.deliveries.labels(outcome=outcome).inc()
+        if next_at is not None:
+            gateway.metrics.delivery_retries.inc()
+        log.info(
+            "client webhook attempt",
+            extra={
+                "fields": {
+                    "delivery_id": delivery.delivery_id,
+                    "request_id": delivery.request_id,
+                    "attempt": delivery.attempts + 1,
+                    "outcome": outcome,
+                    "status": result.status_code,
+                    "error": result.error,
+                }
+            },
+        )
