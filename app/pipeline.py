@@ -6,15 +6,16 @@ the key -> record. A front door's only job is to turn its request into an `Opera
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-import dataclasses
-
 from app import completions, idempotency
 from app.auth import Caller
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, GatewayError, InvalidInput, PayloadTooLarge
 from app.ledger import Admission
 from app.observability import note
 from app.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
@@ -26,6 +27,8 @@ from app.validation import validate_input
 from app.webhook_delivery import TargetRefused, validate_target_url
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
+
+log = logging.getLogger("falgate.pipeline")
 
 
 async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
@@ -159,9 +162,15 @@ async def _observe(gateway: Gateway, op: Operation, status: int, content: bytes)
     request_id = op.request_id
     assert request_id is not None
     if op.kind is OpKind.STATUS and status < 300:
-        state = (json_body(content) or {}).get("status")
+        data = json_body(content) or {}
+        state = data.get("status")
         if state == "COMPLETED":
-            await completions.from_upstream(gateway, request_id, op.app_id, source="poll")
+            try:
+                await completions.from_upstream(gateway, request_id, op.app_id, source="poll")
+            except GatewayError:
+                # fal's answer still reaches the caller; the slot frees now, the webhook or poller does the rest.
+                log.info("result fetch after COMPLETED failed", extra={"fields": {"request_id": request_id}})
+                await gateway.ledger.finish(request_id, "FAILED" if data.get("error") else "COMPLETED")
         elif isinstance(state, str):
             await gateway.ledger.progress(request_id, state)
     elif op.kind is OpKind.RESULT and status == 200:
