@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,17 @@ from app.store import TERMINAL_STATES, RequestRecord, Store
 log = logging.getLogger("falgate.ledger")
 
 _PROGRESS_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS"})
+_CACHE_SIZE = 100_000
+
+
+class _LRU(OrderedDict[str, object]):
+    """A bounded map, oldest entries dropped first."""
+
+    def put(self, key: str, value: object) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > _CACHE_SIZE:
+            self.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +57,22 @@ class Ledger:
         self._store = store
         self._settings = settings
         self._prices = prices
+        # Who owns a request never changes once recorded, so every replica may cache it: status polls,
+        # the hot path, then cost no store round trip.
+        self._owners = _LRU()
+        self._states = _LRU()  # the progress state this replica last wrote, to skip identical writes
 
-    async def owned(self, caller: Caller, op: Operation) -> RequestRecord:
-        """The record of a request this caller owns; anyone else gets the same 404 as an unknown id."""
+    async def owned(self, caller: Caller, op: Operation) -> None:
+        """Pass if this caller owns the request; anyone else gets the same 404 as an unknown id."""
         assert op.request_id is not None
-        record = await self._store.get_request(op.request_id)
-        if record is None or record.caller_id != caller.id or record.app_id != op.app_id:
+        owner = self._owners.get(op.request_id)
+        if owner is None:
+            record = await self._store.get_request(op.request_id)
+            if record is not None:
+                owner = (record.caller_id, record.app_id)
+                self._owners.put(op.request_id, owner)
+        if owner != (caller.id, op.app_id):
             raise NotFound("Request not found")
-        return record
 
     async def admit(self, caller: Caller, op: Operation, payload: Mapping) -> Admission:
         """Reserve the cost estimate and an in-flight slot, or refuse with 402 / 429 before fal is called."""
@@ -85,6 +105,7 @@ class Ledger:
 
     async def commit(self, admission: Admission, op: Operation, request_id: str, client_webhook: str = "") -> None:
         assert op.model is not None
+        self._owners.put(request_id, (admission.caller_id, op.app_id))
         await self._store.record_request(
             RequestRecord(
                 request_id=request_id,
@@ -108,7 +129,8 @@ class Ledger:
             await self._store.refund_budget(admission.caller_id, admission.budget_day, admission.cost)
 
     async def progress(self, request_id: str, state: str) -> None:
-        if state in _PROGRESS_STATES:
+        if state in _PROGRESS_STATES and self._states.get(request_id) != state:
+            self._states.put(request_id, state)
             await self._store.set_state(request_id, state)
 
     async def finish(self, request_id: str, state: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from app.errors import TooManyRequests
 from app.operations import SPENDING_KINDS, OpKind
@@ -42,7 +42,9 @@ def operation_class(kind: OpKind) -> str:
 class RateLimiter:
     def __init__(self, storage: Storage, submit: str, read: str) -> None:
         self._storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
+        # A sliding-window counter is O(1) per hit on both storages; a moving window keeps every hit of
+        # the window in a list (O(limit) memory and time per hit at generous limits).
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._items: dict[str, RateLimitItem] = {"submit": parse(submit), "read": parse(read)}
 
     @classmethod

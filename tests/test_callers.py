@@ -20,6 +20,9 @@ KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
 KLING_COST = 0.25  # 5 s at the default 0.05 USD per second
 REDIS_URL = "redis://127.0.0.1:6379/13"
 KEYS = {"alice": "alice-key-" + uuid.uuid4().hex, "bob": "bob-key-" + uuid.uuid4().hex}
+# Caller ids unique to this run: two runs sharing the Redis test db never see each other's requests.
+RUN = uuid.uuid4().hex[:8]
+API_KEYS = ",".join(f"{who}-{RUN}:{key}" for who, key in KEYS.items())
 
 
 def store_url(kind: str) -> str:
@@ -35,7 +38,7 @@ def callers_gateway(emulator: Server, kind: str, **env: str) -> Server:
         emulator,
         FALGATE_STORE_URL=store_url(kind),
         FALGATE_AUTH="api_key",
-        FALGATE_API_KEYS=",".join(f"{who}:{key}" for who, key in KEYS.items()),
+        FALGATE_API_KEYS=API_KEYS,
         **env,
     )
 
@@ -217,7 +220,7 @@ def test_two_replicas_share_one_limit_and_one_budget(emulator: Server, upstream:
         emulator,
         FALGATE_STORE_URL=REDIS_URL,
         FALGATE_AUTH="api_key",
-        FALGATE_API_KEYS=",".join(f"{who}:{key}" for who, key in KEYS.items()),
+        FALGATE_API_KEYS=API_KEYS,
         **env,
     )
     try:
@@ -241,7 +244,7 @@ def test_two_replicas_share_one_limit_and_one_budget(emulator: Server, upstream:
 
 def test_sqlite_restart_remembers_owners(emulator: Server) -> None:
     url = store_url("sqlite")
-    keys = ",".join(f"{who}:{key}" for who, key in KEYS.items())
+    keys = API_KEYS
     server = start_gateway(emulator, FALGATE_STORE_URL=url, FALGATE_AUTH="api_key", FALGATE_API_KEYS=keys)
     with as_caller(server, "alice") as alice:
         rid = alice.post(f"/{KLING}", json=VALID_BODIES[KLING]).json()["request_id"]

@@ -28,6 +28,12 @@ async def follow(store: Store, bus: EventBus, request_id: str, after_seq: int = 
                 last = event.seq
                 if event.kind in TERMINAL_EVENT_KINDS:
                     return
+            if await store.has_terminal_event(request_id):
+                # The log closed at or before `last` (a resume past the end), or just now: hand out
+                # anything appended since the read above, then stop instead of waiting forever.
+                async for event in _from_store(store, request_id, last):
+                    yield event
+                return
             async for event in sub:
                 if event.seq <= last:
                     continue  # already handed out from the store

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import orjson
-from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Header, Query, Response, WebSocket, WebSocketDisconnect
 from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
 
 from app.auth import Caller
@@ -33,6 +33,12 @@ async def owned_record(gateway: Gateway, caller: Caller, request_id: str) -> Req
     return record
 
 
+async def _finished_before(gateway: Gateway, request_id: str, after: int) -> bool:
+    if not await gateway.store.has_terminal_event(request_id):
+        return False
+    return not await gateway.store.events_after(request_id, after, limit=1)
+
+
 def _resume_point(header: str | None, query: int | None) -> int:
     if header is not None and header.strip().isdigit():
         return int(header.strip())
@@ -46,10 +52,14 @@ async def request_events(
     gateway: GatewayDep,
     last_event_id: str | None = Header(default=None),
     after: int | None = Query(default=None, ge=0, description="Resume after this event id"),
-) -> EventSourceResponse:
+) -> Response:
     record = await owned_record(gateway, caller, request_id)
+    resume = _resume_point(last_event_id, after)
+    if resume and await _finished_before(gateway, request_id, resume):
+        # 204 is how SSE says "nothing more, ever": EventSource stops reconnecting.
+        return Response(status_code=204)
     stop = anyio.Event()
-    events = _sse(gateway, record, _resume_point(last_event_id, after), stop)
+    events = _sse(gateway, record, resume, stop)
     return EventSourceResponse(
         events,
         ping=gateway.settings.sse_ping_seconds,
