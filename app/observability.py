@@ -14,6 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
+from app.settings import EMULATOR_MOUNT
 
 log = logging.getLogger("falgate.access")
 
@@ -37,7 +38,8 @@ class RequestObserver:
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # The embedded emulator stands in for fal: its traffic is not the gateway's own.
+        if scope["type"] != "http" or scope.get("path", "").startswith(EMULATOR_MOUNT):
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
