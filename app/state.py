@@ -107,7 +107,8 @@ class Gateway:
         await self.store.close()
 
 
-def _gateway(request: Request) -> Gateway:
+async def _gateway(request: Request) -> Gateway:
+    # async: a plain def dependency would run in the thread pool, a thread hop on every request.
     return request.app.state.gateway
 
 
