@@ -157,8 +157,8 @@ def start_upstream(port: int) -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="an already running fake upstream (default: start one)")
-    ap.add_argument("--requests", type=int, default=int(os.environ.get("BENCH_CLIENT_REQUESTS", 20000)))
-    ap.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", 32)))
+    ap.add_argument("--requests", type=int, default=int(os.environ.get("BENCH_CLIENT_REQUESTS", "20000")))
+    ap.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "32")))
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (uvicorn uses uvloop)")
     ap.add_argument("--stacks", default=",".join(STACKS), help=f"comma list of {', '.join(STACKS)}")
     ap.add_argument("--json", help="also write the results to this file")

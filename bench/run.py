@@ -32,7 +32,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,10 +128,9 @@ class Service:
 def start_service(name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path, logdir: Path,
                   health: str = "/healthz", timeout: float = 60.0) -> Service:
     log = logdir / f"{name}.log"
-    fh = open(log, "wb")
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    fh.close()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     _children.append(proc)
     svc = Service(name, proc, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout
@@ -282,7 +280,7 @@ def run_wrk(base: str, sc: Scenario, seconds: float, connections: int, core: int
         _kill_group(proc)
         if proc in _children:
             _children.remove(proc)
-    m = re.search(r"^BENCH_JSON (\{.*\})$", stdout, re.M)
+    m = re.search(r"^BENCH_JSON (\{.*\})$", stdout, re.MULTILINE)
     if proc.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{stdout}\n{stderr}")
     res = json.loads(m.group(1))
@@ -515,7 +513,7 @@ def machine_info() -> dict:
 
     def version(argv: list[str]) -> str:
         try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
             return (out.stdout or out.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "unknown"

@@ -7,6 +7,8 @@ Select them with BENCH_PATCHES (comma list):
               worker thread: one thread hop per request)
   aiohttp     send non-streaming upstream calls with aiohttp directly instead of httpx + AiohttpTransport
   no-proxy-headers  start uvicorn without ProxyHeadersMiddleware (it parses trusted IPs per request)
+  no-slot-scan      in-flight slots without the per-submit DELETE + COUNT(*) over all the caller's slots
+              (what an O(1) in-flight counter would cost: only the INSERT remains; the cap is not enforced)
   request-cache     keep the SQLite store's request records in a per-process dict: `get_request` is
               answered from it, and `set_state` skips the write transaction when the state does not move
               forward (every IN_PROGRESS poll otherwise runs BEGIN IMMEDIATE ... COMMIT)
@@ -23,13 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fastapi import Request  # noqa: E402  (module level: annotations are resolved from these globals)
+from fastapi import (
+    Request,  # module level: the patched dependency's annotation is resolved from these globals
+)
 
 PATCHES = {p.strip() for p in os.environ.get("BENCH_PATCHES", "").split(",") if p.strip()}
 
 
 def patch_async_dep() -> None:
-    import app.state as state
+    from app import state
 
     async def _gateway(request: Request):  # same body as app.state._gateway, as a coroutine
         return request.app.state.gateway
@@ -42,7 +46,7 @@ def patch_aiohttp() -> None:
     import aiohttp
     import httpx
 
-    import app.upstream as upstream
+    from app import upstream
 
     original_send = upstream.UpstreamClient.send
 
@@ -123,8 +127,28 @@ def patch_request_cache() -> None:
     sq.SQLiteStore.set_state = set_state
 
 
+def patch_no_slot_scan() -> None:
+    import time
+
+    from app.store import sqlite as sq
+
+    async def acquire_slot(self, caller_id, token, limit, ttl):
+        async def op(db):
+            await db.execute(
+                "INSERT OR REPLACE INTO slots (caller_id, token, expires_at) VALUES (?, ?, ?)",
+                (caller_id, token, time.time() + ttl),
+            )
+            return True
+
+        return await self._write(op)
+
+    sq.SQLiteStore.acquire_slot = acquire_slot
+
+
 if "async-dep" in PATCHES:
     patch_async_dep()
+if "no-slot-scan" in PATCHES:
+    patch_no_slot_scan()
 if "aiohttp" in PATCHES:
     patch_aiohttp()
 if "no-proxy-headers" in PATCHES:
@@ -133,6 +157,6 @@ if "request-cache" in PATCHES:
     patch_request_cache()
 print(f"bench patched_serve: patches {sorted(PATCHES) or 'none'}", flush=True)
 
-from app.cli import main  # noqa: E402  (after the patches)
+from app.cli import main  # after the patches
 
 main(["serve"])
