@@ -12,8 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from app.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.responses import JSONResponse
 
 log = logging.getLogger("falgate.errors")
 

@@ -21,8 +21,8 @@ from app.observability import note
 from app.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
 from app.ratelimit import operation_class
 from app.relay import json_body, relay
-from app.status_stream import fal_status_stream
 from app.state import Gateway
+from app.status_stream import fal_status_stream
 from app.validation import validate_input
 from app.webhook_delivery import TargetRefused, validate_target_url
 

@@ -93,3 +93,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaked:
         print("\nFAL_KEY canary found in gateway output:\n" + "".join(leaked[:5]))
         session.exitstatus = 1
+
+
+pytest_plugins = ["tests.store_backends"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import uuid
@@ -18,23 +17,12 @@ from app.bus.memory import MemoryBus
 from app.bus.redis import RedisBus
 from app.leases import Leases, MemoryLeases, RedisLeases, open_leases
 from app.store import Event, StoreUnavailable, open_store
+from tests.store_backends import REDIS_URL
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-REDIS_URL = os.environ.get("FALGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 BusFactory = Callable[..., EventBus]
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"falgate-test:{uuid.uuid4().hex}:"
-    yield prefix
-    raw = aioredis.Redis.from_url(REDIS_URL)
-    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
 
 
 @pytest.fixture

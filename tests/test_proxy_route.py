@@ -8,9 +8,9 @@ queue URLs fal hands out, the SSE status stream, the sync host.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs
 import time
 from collections.abc import Iterator
+from urllib.parse import parse_qs
 
 import httpx
 import orjson

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.emulator.signing import WebhookSigner
 from app.webhook_delivery import new_secret
@@ -162,7 +163,7 @@ def test_bad_fal_deliveries_are_refused_and_a_duplicate_is_relayed_once(
             "payload": json.loads(body)["payload"],
             "error": None,
         }
-        with pytest.raises(Exception):
+        with pytest.raises(WebhookVerificationError):
             Webhook(new_secret()).verify(got.body, {k: v for k, v in got.headers.items() if k.startswith("webhook-")})
 
         wait_state(alice, rid, "COMPLETED", timeout=5)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from tests.conftest import leak_checked_client

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,52 +16,11 @@ import redis.asyncio as aioredis
 from app.store import Completion, Delivery, Event, RequestRecord, Store, open_store
 from app.store.base import DELIVERY_HISTORY_CAP, EVENT_CAP
 from app.store.sqlite import MIGRATIONS
+from tests.store_backends import REDIS_URL, Backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-REDIS_URL = os.environ.get("FALGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 NOW = time.time()
-
-
-@dataclass
-class Backend:
-    kind: str
-    open: Callable[[], Store]  # another store on the same data: a second connection, or a second replica
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"falgate-test:{uuid.uuid4().hex}:"
-    yield prefix
-    raw = aioredis.Redis.from_url(REDIS_URL)
-    keys = [key async for key in raw.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path, redis_prefix: str) -> AsyncIterator[Backend]:
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        if request.param == "sqlite":
-            store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-        else:
-            store = open_store(REDIS_URL, redis_prefix=redis_prefix)
-        opened.append(store)
-        return store
-
-    yield Backend(request.param, open_one)
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> Store:
-    opened = backend.open()
-    await opened.ping()
-    return opened
 
 
 def _record(request_id: str, created_at: float = NOW, **changes: Any) -> RequestRecord:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import Upstream, leak_checked_client
 from tests.invalid_bodies import VALID_BODIES
-from tests.servers import Server, emulator_env, free_port, start_gateway
+from tests.servers import Server, free_port, start_gateway
 
 KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
 

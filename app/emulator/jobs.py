@@ -7,7 +7,6 @@ on its status, and its result call answers with the error.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
