@@ -104,5 +104,4 @@ class Watchers:
 
 def _status_view(status: dict) -> dict:
     """A status event without the URLs (which point upstream) and without logs (sent as their own events)."""
-    view = {k: v for k, v in status.items() if k in ("status", "queue_position", "request_id")}
-    return view
+    return {k: v for k, v in status.items() if k in ("status", "queue_position", "request_id")}

@@ -18,6 +18,7 @@ from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
 from app.auth import Caller
 from app.errors import GatewayError, NotFound
 from app.operations import check_request_id
+from app.responses import JSONResponse
 from app.state import CallerDep, Gateway, GatewayDep
 from app.status_stream import is_terminal, watch_events
 from app.store import Event, RequestRecord
@@ -128,9 +129,7 @@ async def websocket_events(websocket: WebSocket) -> None:
         gateway.metrics.open_connections.labels(kind="websocket").dec()
 
 
-def _denial(status: int, detail: object, headers: dict[str, str] | None):
-    from app.responses import JSONResponse
-
+def _denial(status: int, detail: object, headers: dict[str, str] | None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
