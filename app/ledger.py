@@ -62,17 +62,18 @@ class Ledger:
         self._owners = _LRU()
         self._states = _LRU()  # the progress state this replica last wrote, to skip identical writes
 
-    async def owned(self, caller: Caller, op: Operation) -> None:
-        """Pass if this caller owns the request; anyone else gets the same 404 as an unknown id."""
-        assert op.request_id is not None
-        owner = self._owners.get(op.request_id)
+    async def owned(self, caller: Caller, request_id: str, app_id: str | None = None) -> str:
+        """The app id of a request this caller owns (under `app_id`, when given); anyone else gets the
+        same 404 as an unknown id."""
+        owner = self._owners.get(request_id)
         if owner is None:
-            record = await self._store.get_request(op.request_id)
+            record = await self._store.get_request(request_id)
             if record is not None:
                 owner = (record.caller_id, record.app_id)
-                self._owners.put(op.request_id, owner)
-        if owner != (caller.id, op.app_id):
+                self._owners.put(request_id, owner)
+        if not isinstance(owner, tuple) or owner[0] != caller.id or app_id not in (None, owner[1]):
             raise NotFound("Request not found")
+        return owner[1]
 
     async def admit(self, caller: Caller, op: Operation, payload: Mapping) -> Admission:
         """Reserve the cost estimate and an in-flight slot, or refuse with 402 / 429 before fal is called."""

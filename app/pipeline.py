@@ -37,7 +37,8 @@ async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
     note(request.state, caller_id=caller.id)
     verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
     if op.kind in PER_REQUEST_KINDS:
-        await gateway.ledger.owned(caller, op)
+        assert op.request_id is not None
+        await gateway.ledger.owned(caller, op.request_id, op.app_id)
     body = await read_body(request, gateway.settings.max_body_bytes) if op.kind in _BODY_KINDS else None
     if op.kind in SPENDING_KINDS:
         response = await _spend(gateway, caller, op, request, body or b"")
@@ -151,31 +152,32 @@ async def _settle(
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
     upstream = await gateway.upstream.send(op, request.headers, body)
     note(request.state, upstream_status=upstream.status_code)
-    response = relay(op, upstream, gateway.settings.gateway_url)
+    # A status body is parsed once, for the URL rewrite and for what it tells the ledger.
+    status = json_body(upstream.content) if op.kind is OpKind.STATUS and upstream.status_code < 300 else None
+    response = relay(op, upstream, gateway.settings.gateway_url, status)
     if op.request_id is not None:
-        await _observe(gateway, op, upstream.status_code, bytes(response.body))
+        await _observe(gateway, op, upstream.status_code, upstream.content, status)
     return response
 
 
-async def _observe(gateway: Gateway, op: Operation, status: int, content: bytes) -> None:
+async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, status: dict | None) -> None:
     """What a caller's own poll tells us about the request, so slots and budgets follow without a webhook."""
     request_id = op.request_id
     assert request_id is not None
-    if op.kind is OpKind.STATUS and status < 300:
-        data = json_body(content) or {}
-        state = data.get("status")
+    if status is not None:
+        state = status.get("status")
         if state == "COMPLETED":
             try:
                 await completions.from_upstream(gateway, request_id, op.app_id, source="poll")
             except GatewayError:
                 # fal's answer still reaches the caller; the slot frees now, the webhook or poller does the rest.
                 log.info("result fetch after COMPLETED failed", extra={"fields": {"request_id": request_id}})
-                await gateway.ledger.finish(request_id, "FAILED" if data.get("error") else "COMPLETED")
+                await gateway.ledger.finish(request_id, "FAILED" if status.get("error") else "COMPLETED")
         elif isinstance(state, str):
             await gateway.ledger.progress(request_id, state)
-    elif op.kind is OpKind.RESULT and status == 200:
-        await completions.record(gateway, completions.completion_from_result(request_id, status, content, "poll"))
-    elif op.kind is OpKind.CANCEL and status == 202:
+    elif op.kind is OpKind.RESULT and code == 200:
+        await completions.record(gateway, completions.completion_from_result(request_id, code, content, "poll"))
+    elif op.kind is OpKind.CANCEL and code == 202:
         await gateway.ledger.finish(request_id, "CANCELLED")
 
 

@@ -18,10 +18,11 @@ _REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS, OpKind.STREAM})
 FAL_QUEUE_BASE = "https://queue.fal.run"
 
 
-def relay(op: Operation, upstream: httpx.Response, gateway_url: str) -> Response:
+def relay(op: Operation, upstream: httpx.Response, gateway_url: str, data: dict | None = None) -> Response:
+    """`data`: the body already parsed by the caller, so the hot status path parses it once."""
     content = upstream.content
     if op.kind in _REWRITTEN_KINDS and upstream.status_code < 300:
-        content = _rewrite_urls(op, content, gateway_url)
+        content = _rewrite_urls(op, content, gateway_url, data)
     return Response(content, status_code=upstream.status_code, headers=response_headers(upstream))
 
 
@@ -64,22 +65,17 @@ def request_urls(op: Operation, request_id: str, gateway_url: str) -> dict[str, 
     return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
 
 
-def _rewrite_urls(op: Operation, content: bytes, gateway_url: str) -> bytes:
+def _rewrite_urls(op: Operation, content: bytes, gateway_url: str, data: dict | None = None) -> bytes:
     # fal's URLs would send the Python client straight to fal (or to our private upstream base).
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return content
-    if not isinstance(data, dict) or not any(field in data for field in _URL_FIELDS):
+    if data is None:
+        data = json_body(content)
+    if data is None or not any(field in data for field in _URL_FIELDS):
         return content
     request_id = data.get("request_id") or op.request_id
     if not isinstance(request_id, str):
         return content
     urls = request_urls(op, request_id, gateway_url)
-    for field in _URL_FIELDS:
-        if field in data:
-            data[field] = urls[field]
-    return orjson.dumps(data)
+    return orjson.dumps({**data, **{field: urls[field] for field in _URL_FIELDS if field in data}})
 
 
 def json_body(content: bytes) -> dict | None:

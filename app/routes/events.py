@@ -16,22 +16,18 @@ from fastapi import APIRouter, Header, Query, Response, WebSocket, WebSocketDisc
 from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
 
 from app.auth import Caller
-from app.errors import GatewayError, NotFound
+from app.errors import GatewayError
 from app.operations import check_request_id
 from app.responses import JSONResponse
 from app.state import CallerDep, Gateway, GatewayDep
 from app.status_stream import is_terminal, watch_events
-from app.store import Event, RequestRecord
+from app.store import Event
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
-async def owned_record(gateway: Gateway, caller: Caller, request_id: str) -> RequestRecord:
-    check_request_id(request_id)
-    record = await gateway.store.get_request(request_id)
-    if record is None or record.caller_id != caller.id:
-        raise NotFound("Request not found")
-    return record
+async def _owned_app(gateway: Gateway, caller: Caller, request_id: str) -> str:
+    return await gateway.ledger.owned(caller, check_request_id(request_id))
 
 
 async def _finished_before(gateway: Gateway, request_id: str, after: int) -> bool:
@@ -54,13 +50,13 @@ async def request_events(
     last_event_id: str | None = Header(default=None),
     after: int | None = Query(default=None, ge=0, description="Resume after this event id"),
 ) -> Response:
-    record = await owned_record(gateway, caller, request_id)
+    app_id = await _owned_app(gateway, caller, request_id)
     resume = _resume_point(last_event_id, after)
     if resume and await _finished_before(gateway, request_id, resume):
         # 204 is how SSE says "nothing more, ever": EventSource stops reconnecting.
         return Response(status_code=204)
     stop = anyio.Event()
-    events = _sse(gateway, record, resume, stop)
+    events = _sse(gateway, request_id, app_id, resume, stop)
     return EventSourceResponse(
         events,
         ping=gateway.settings.sse_ping_seconds,
@@ -70,10 +66,12 @@ async def request_events(
     )
 
 
-async def _sse(gateway: Gateway, record: RequestRecord, after: int, stop: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+async def _sse(
+    gateway: Gateway, request_id: str, app_id: str, after: int, stop: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
     gateway.metrics.open_connections.labels(kind="sse").inc()
     try:
-        async for event in until_stopped(watch_events(gateway, record.request_id, record.app_id, after), stop):
+        async for event in until_stopped(watch_events(gateway, request_id, app_id, after), stop):
             if event is None:
                 yield ServerSentEvent(event="reconnect", data='{"reason":"server shutting down"}', retry=1000)
                 return
@@ -173,23 +171,23 @@ class _Session:
 
     async def _subscribe(self, request_id: str, after: int) -> None:
         try:
-            record = await owned_record(self._gateway, self._caller, request_id)
+            app_id = await _owned_app(self._gateway, self._caller, request_id)
         except GatewayError as refused:
             await self._send({"type": "error", "request_id": request_id, "status": refused.status_code, "detail": refused.detail})
             return
         if request_id in self._subs:
             self._subs.pop(request_id).cancel()
-        self._subs[request_id] = asyncio.create_task(self._forward(record, after))
+        self._subs[request_id] = asyncio.create_task(self._forward(request_id, app_id, after))
         await self._send({"type": "subscribed", "request_id": request_id, "after": after})
 
-    async def _forward(self, record: RequestRecord, after: int) -> None:
-        async for event in watch_events(self._gateway, record.request_id, record.app_id, after):
+    async def _forward(self, request_id: str, app_id: str, after: int) -> None:
+        async for event in watch_events(self._gateway, request_id, app_id, after):
             await self._send(
-                {"type": "event", "request_id": record.request_id, "id": event.seq, "event": event.kind, "data": event.data}
+                {"type": "event", "request_id": request_id, "id": event.seq, "event": event.kind, "data": event.data}
             )
             if is_terminal(event):
                 break
-        self._subs.pop(record.request_id, None)
+        self._subs.pop(request_id, None)
 
     async def _watch_shutdown(self) -> None:
         # uvicorn's exit signal, as sse-starlette observes it: tell mobile clients to come back elsewhere.
