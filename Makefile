@@ -29,6 +29,7 @@ test: install node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	bash bench/run.sh
 
 clean:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import orjson
 from starlette.responses import Response
 
 from app.operations import FrontDoor, Operation, OpKind
+from app.upstream import UpstreamResponse
 
 # Besides fal's own x-fal-*, only these come back; hop-by-hop headers, cookies and upstream server
 # details stay behind.
@@ -18,7 +18,7 @@ _REWRITTEN_KINDS = frozenset({OpKind.SUBMIT, OpKind.STATUS, OpKind.STREAM})
 FAL_QUEUE_BASE = "https://queue.fal.run"
 
 
-def relay(op: Operation, upstream: httpx.Response, gateway_url: str, data: dict | None = None) -> Response:
+def relay(op: Operation, upstream: UpstreamResponse, gateway_url: str, data: dict | None = None) -> Response:
     """`data`: the body already parsed by the caller, so the hot status path parses it once."""
     content = upstream.content
     if op.kind in _REWRITTEN_KINDS and upstream.status_code < 300:
@@ -26,7 +26,7 @@ def relay(op: Operation, upstream: httpx.Response, gateway_url: str, data: dict 
     return Response(content, status_code=upstream.status_code, headers=response_headers(upstream))
 
 
-async def iter_sse_data(upstream: httpx.Response) -> AsyncIterator[dict]:
+async def iter_sse_data(upstream: UpstreamResponse) -> AsyncIterator[dict]:
     """The JSON objects of an SSE stream's `data:` events, as they arrive (comments skipped)."""
     pending = b""
     async for chunk in upstream.aiter_raw():
@@ -50,12 +50,13 @@ def _event_data(event: bytes) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def response_headers(upstream: httpx.Response) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in upstream.headers.items()
-        if name.startswith("x-fal-") or name in _RELAYED_RESPONSE_HEADERS
-    }
+def response_headers(upstream: UpstreamResponse) -> dict[str, str]:
+    relayed: dict[str, str] = {}
+    for name, value in upstream.headers.items():
+        name = name.lower()  # as fal spelled them; HTTP header names are case-insensitive
+        if name.startswith("x-fal-") or name in _RELAYED_RESPONSE_HEADERS:
+            relayed[name] = value
+    return relayed
 
 
 def request_urls(op: Operation, request_id: str, gateway_url: str) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The one client that talks to fal: builds upstream URLs, injects the key, maps failures, retries reads.
 
-It runs httpx over aiohttp's connection pool (httpx-aiohttp): the same httpx API, several times the
-throughput of httpx's default transport under concurrency (bench/README.md has the figures).
+It is aiohttp's client, used directly. httpx (also on aiohttp's transport) cost about 3x the CPU per call
+in bench/client_stack.py, more than the whole budget of a status poll at the throughput bench/ asks for;
+httpx stays the client for everything else (JWKS, fal's webhook keys, the emulator, the tests).
+Callers never see an aiohttp type: answers are `UpstreamResponse`, failures are `GatewayError`s.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from app.errors import UpstreamTimeout, UpstreamUnavailable
 from app.metrics import Metrics
@@ -42,26 +45,74 @@ class UpstreamCall:
     method: str
     url: str
     params: Mapping[str, str]
-    timeout: httpx.Timeout
+    timeout: aiohttp.ClientTimeout
+
+
+class UpstreamResponse:
+    """fal's answer: status, headers (case-insensitive) and the body, read whole unless streamed."""
+
+    __slots__ = ("status_code", "headers", "content", "_stream", "_op")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: CIMultiDictProxy[str],
+        content: bytes = b"",
+        stream: aiohttp.ClientResponse | None = None,
+        op: Operation | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.content = content
+        self._stream = stream
+        self._op = op
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """A streamed body's chunks as they arrive; an idle or broken stream raises a GatewayError."""
+        if self._stream is None:
+            yield self.content
+            return
+        try:
+            async for chunk in self._stream.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc, self._op) from None
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            # close, not release: a stream left mid-body must not go back to the pool.
+            self._stream.close()
 
 
 class UpstreamClient:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
-        limits = httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0),
+            cookie_jar=aiohttp.DummyCookieJar(),  # fal's cookies are none of our business, nor the caller's
+            auto_decompress=False,  # bodies are relayed as fal sent them (we ask for identity anyway)
+            trust_env=False,
         )
-        self._transport = AiohttpTransport(limits=limits)
-        self._client = httpx.AsyncClient(transport=self._transport)
         self._auth = f"Key {settings.upstream_key}"
-        self._timeout = httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
-        self._stream_timeout = httpx.Timeout(settings.stream_idle_timeout, connect=settings.upstream_connect_timeout)
-        self._run_timeout = httpx.Timeout(settings.run_timeout, connect=settings.upstream_connect_timeout)
+        connect = settings.upstream_connect_timeout
+        # `connect` also bounds the wait for a free pooled connection; `sock_read` is the idle read timeout.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.upstream_timeout
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.stream_idle_timeout
+        )
+        self._run_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.run_timeout
+        )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
     def plan(self, op: Operation) -> UpstreamCall:
         s = self._settings
@@ -93,30 +144,19 @@ class UpstreamClient:
 
     async def send(
         self, op: Operation, caller_headers: Mapping[str, str], body: bytes | None = None, *, stream: bool = False
-    ) -> httpx.Response:
-        """Send the operation upstream. With stream=True the caller must close the response."""
+    ) -> UpstreamResponse:
+        """Send the operation upstream. With stream=True the caller must `aclose()` the response."""
         call = self.plan(op)
-        # Built and sent at the transport level: the client layer would merge base URLs, cookies and
-        # redirects we never use, which the benchmark's profile showed costing more than the transport.
-        request = httpx.Request(
-            call.method,
-            call.url,
-            params=call.params or None,
-            headers=self.headers(caller_headers, body is not None),
-            content=body,
-            extensions={"timeout": call.timeout.as_dict()},
-        )
+        url = _url(call)
+        headers = self.headers(caller_headers, body is not None)
         attempts = 1 + self._settings.read_retries
         for attempt in range(attempts):
             started = time.perf_counter()
             try:
-                response = await self._transport.handle_async_request(request)
-                response.request = request
-                if not stream:
-                    await response.aread()
-            except httpx.HTTPError as exc:
+                response = await self._send_once(call, url, headers, body, op, stream)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if self._metrics is not None:
-                    kind = "timeout" if _is_timeout(exc) else "connection"
+                    kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
                     self._metrics.upstream_errors.labels(operation=op.kind.value, kind=kind).inc()
                 if attempt + 1 >= attempts or not _may_retry(op, exc):
                     raise _mapped(exc, op) from None
@@ -129,14 +169,28 @@ class UpstreamClient:
                 return response
         raise AssertionError("unreachable")
 
-    async def put_signed(self, url: str, content_type: str, body: AsyncIterable[bytes], size: int) -> httpx.Response:
+    async def _send_once(
+        self, call: UpstreamCall, url: URL, headers: dict[str, str], body: bytes | None, op: Operation, stream: bool
+    ) -> UpstreamResponse:
+        response = await self._session.request(
+            call.method, url, headers=headers, data=body, allow_redirects=False, timeout=call.timeout
+        )
+        if stream:
+            return UpstreamResponse(response.status, response.headers, stream=response, op=op)
+        try:
+            content = await response.read()
+        finally:
+            response.release()
+        return UpstreamResponse(response.status, response.headers, content)
+
+    async def put_signed(self, url: str, content_type: str, body: AsyncIterable[bytes], size: int) -> UpstreamResponse:
         """PUT a file to a signed storage URL fal handed out, streaming `body` (exactly `size` bytes).
 
         No fal key: the signature in the URL is the authorization, and the key must never reach a storage
         host. No retries: the URL may be single-use and `body` can only be read once.
         """
-        # aiohttp bounds the wait for the answer (read) but not the sending of the body: cap the whole
-        # PUT too, generously, so a storage host that stops reading cannot hold the request forever.
+        # The read timeout bounds the wait for the answer, not the sending of the body: cap the whole PUT
+        # too, generously, so a storage host that stops reading cannot hold the request forever.
         total_seconds = max(self._settings.upstream_timeout, 300.0)
         headers = {
             "content-type": content_type,
@@ -147,54 +201,42 @@ class UpstreamClient:
         }
         try:
             async with asyncio.timeout(total_seconds):
-                return await self._client.put(url, content=body, headers=headers, timeout=self._timeout)
-        except httpx.HTTPError as exc:
-            raise _mapped(exc, None) from None
+                # encoded=True: the signature must reach the store exactly as fal wrote it, never re-quoted.
+                async with self._session.put(
+                    URL(url, encoded=True), data=body, headers=headers, allow_redirects=False, timeout=self._timeout
+                ) as response:
+                    return UpstreamResponse(response.status, response.headers, await response.read())
         except TimeoutError:
             log.warning("upstream signed upload took longer than %ss", total_seconds)
             raise UpstreamTimeout("fal storage did not take the file in time", error_type="upstream_timeout") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise _mapped(exc, None) from None
+
+
+def _url(call: UpstreamCall) -> URL:
+    # The path is built from catalog ids and a checked request id; only the query needs quoting, once.
+    raw = f"{call.url}?{urlencode(call.params)}" if call.params else call.url
+    return URL(raw, encoded=True)
 
 
 def _backoff(attempt: int) -> float:
     return min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 8:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _is_timeout(exc: httpx.HTTPError) -> bool:
-    # httpx-aiohttp maps aiohttp's generic ClientConnectionError to ConnectTimeout, so look at the cause.
-    chain = _causes(exc)
-    if any(isinstance(c, aiohttp.ClientError) for c in chain):
-        return any(isinstance(c, TimeoutError) for c in chain)
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def _never_connected(exc: httpx.HTTPError) -> bool:
-    chain = _causes(exc)
-    if any(isinstance(c, aiohttp.ClientError) for c in chain):
-        return any(isinstance(c, aiohttp.ClientConnectorError) for c in chain) and not _is_timeout(exc)
-    return isinstance(exc, httpx.ConnectError)
-
-
-def _may_retry(op: Operation, exc: httpx.HTTPError) -> bool:
+def _may_retry(op: Operation, exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return False
     if op.kind in READ_KINDS:
-        return isinstance(exc, httpx.TransportError) and not _is_timeout(exc)
+        return True
     # Anything that spends or changes state is re-sent only if the connection never opened:
     # then its bytes cannot have reached fal.
-    return _never_connected(exc)
+    return isinstance(exc, aiohttp.ClientConnectorError)
 
 
-def _mapped(exc: httpx.HTTPError, op: Operation | None) -> UpstreamTimeout | UpstreamUnavailable:
+def _mapped(exc: BaseException, op: Operation | None) -> UpstreamTimeout | UpstreamUnavailable:
     what = f"{op.kind.value} " if op else ""
     # The exception text can contain the upstream URL; only its class goes to the log.
     log.warning("upstream %sfailed: %s", what, type(exc).__name__)
-    if _is_timeout(exc):
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout("fal did not answer in time", error_type="upstream_timeout")
     return UpstreamUnavailable("Could not reach fal", error_type="upstream_unavailable")

@@ -12,8 +12,6 @@ import contextlib
 import logging
 import uuid
 
-import httpx
-
 from app import completions
 from app.errors import GatewayError
 from app.operations import FrontDoor, Operation, OpKind
@@ -64,7 +62,7 @@ class Watchers:
             return  # another replica watches it; its events reach our clients over the bus
         try:
             await self._follow(request_id, app_id, lease)
-        except (GatewayError, httpx.HTTPError) as exc:
+        except GatewayError as exc:
             log.info("status watcher stopped", extra={"fields": {"request_id": request_id, "reason": type(exc).__name__}})
         except asyncio.CancelledError:
             raise
