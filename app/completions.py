@@ -47,11 +47,6 @@ async def apply(gateway: Gateway, completion: Completion) -> None:
         await _queue_client_webhook(gateway, completion, record_.caller_id, record_.client_webhook)
 
 
-async def after_commit(gateway: Gateway, request_id: str) -> None:
-    """Called once a submit is recorded: fal's webhook may already have arrived before we knew the request."""
-    early = await gateway.store.get_completion(request_id)
-    if early is not None:
-        await apply(gateway, early)
 
 
 async def publish(gateway: Gateway, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:

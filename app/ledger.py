@@ -7,9 +7,10 @@ refund exactly once.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from app.billing import estimate_cost
 from app.errors import NotFound, PaymentRequired, TooManyRequests
 from app.operations import Operation, OpKind
 from app.settings import Settings
-from app.store import TERMINAL_STATES, RequestRecord, Store
+from app.store import TERMINAL_STATES, Completion, RequestRecord, Store
 
 log = logging.getLogger("falgate.ledger")
 
@@ -61,6 +62,10 @@ class Ledger:
         # the hot path, then cost no store round trip.
         self._owners = _LRU()
         self._states = _LRU()  # the progress state this replica last wrote, to skip identical writes
+        # Slot tokens only need to be unique among replicas sharing a store: a random per-process prefix
+        # and a counter, rather than a uuid4 per submit (os.urandom and UUID's checks on the hot path).
+        self._slot_prefix = secrets.token_hex(8)
+        self._slot_numbers = itertools.count()
 
     async def owned(self, caller: Caller, request_id: str, app_id: str | None = None) -> str:
         """The app id of a request this caller owns (under `app_id`, when given); anyone else gets the
@@ -92,7 +97,7 @@ class Ledger:
                 )
         slot = ""
         if op.kind is OpKind.SUBMIT:
-            slot = uuid.uuid4().hex
+            slot = f"{self._slot_prefix}{next(self._slot_numbers):x}"
             limit = self._settings.max_inflight
             if not await self._store.acquire_slot(caller.id, slot, limit, self._settings.inflight_ttl_seconds):
                 if day:
@@ -104,10 +109,13 @@ class Ledger:
                 )
         return Admission(caller.id, cost, day, slot)
 
-    async def commit(self, admission: Admission, op: Operation, request_id: str, client_webhook: str = "") -> None:
+    async def commit(
+        self, admission: Admission, op: Operation, request_id: str, client_webhook: str = ""
+    ) -> Completion | None:
+        """Record the request as the caller's; returns fal's completion if its webhook came first."""
         assert op.model is not None
         self._owners.put(request_id, (admission.caller_id, op.app_id))
-        await self._store.record_request(
+        return await self._store.record_request(
             RequestRecord(
                 request_id=request_id,
                 caller_id=admission.caller_id,

@@ -143,8 +143,9 @@ async def _settle(
     data = json_body(bytes(response.body)) if status < 300 else None
     request_id = data.get("request_id") if data else None
     if isinstance(request_id, str):
-        await ledger.commit(admission, op, request_id, client_webhook)
-        await completions.after_commit(gateway, request_id)
+        early = await ledger.commit(admission, op, request_id, client_webhook)
+        if early is not None:  # fal's webhook arrived before we had recorded the request
+            await completions.apply(gateway, early)
     else:
         await ledger.abandon(admission)
 

@@ -403,14 +403,24 @@ def _module_of(frame_name: str) -> str:
     return path.split("/")[0].removesuffix(".py")
 
 
+def _line_of(path: Path, text: str) -> int:
+    """The line number of `text` in a source file (0 when absent), so idle patterns follow edits."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    return next((n for n, line in enumerate(lines, start=1) if text in line), 0)
+
+
 # Leaves (raw py-spy frames, with line numbers) that mean "this thread is waiting for work", not working.
 # py-spy does not always see these as idle: a C-level queue get looks like a running Python frame.
+_SQLITE_WAIT = _line_of(ROOT / "app" / "store" / "sqlite_worker.py", "self._jobs.get(")
 _IDLE_RAW = [re.compile(p) for p in (
+    rf"^(Worker\.)?_serve \(.*app/store/sqlite_worker\.py:{_SQLITE_WAIT}\)$",  # the store's worker: jobs.get()
     r"^Condition\.wait \(",
     r"^Event\.wait \(",
     r"^_worker \(.*concurrent/futures/thread\.py:\d+\)$",          # executor thread: work_queue.get()
     r"^WorkerThread\.run \(.*anyio/_backends/_asyncio\.py:\d+\)$",  # anyio worker: queue.get()
-    r"^_connection_worker_thread \(.*aiosqlite/core\.py:59\)$",      # aiosqlite: tx.get()
     r"^(select|poll|EpollSelector\.select) \(",
 )]
 
@@ -424,8 +434,8 @@ def _role(frames: list[str]) -> str:
     if not frames or "Thread._bootstrap" not in frames[0]:
         return "event loop thread"
     for f in frames:
-        if f.startswith("_connection_worker_thread"):
-            return "aiosqlite thread (sqlite calls)"
+        if f.startswith(("Worker._serve", "_serve")) and "sqlite_worker" in f:
+            return "sqlite worker thread (store calls)"
         if f.startswith("_worker (") and "concurrent/futures" in f:
             return "executor threads (run_in_executor / to_thread)"
         if f.startswith("WorkerThread.run"):

@@ -158,6 +158,17 @@ async def test_slot_expires_by_itself(store: Store) -> None:
     assert await store.acquire_slot("alice", "next", limit=1, ttl=60)
 
 
+async def test_expired_slots_stop_counting_against_the_limit(store: Store) -> None:
+    for i in range(3):
+        assert await store.acquire_slot("alice", f"short{i}", limit=3, ttl=0.2)
+    assert not await store.acquire_slot("alice", "blocked", limit=3, ttl=60)
+    await asyncio.sleep(0.35)
+    for i in range(3):
+        assert await store.acquire_slot("alice", f"long{i}", limit=3, ttl=60)
+    assert not await store.acquire_slot("alice", "one-too-many", limit=3, ttl=60)
+    assert await store.slots_in_use("alice") == 3
+
+
 # --- budgets ---
 
 

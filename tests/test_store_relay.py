@@ -372,7 +372,30 @@ async def test_a_pending_delivery_survives_a_restart(backend: Backend, store: St
     assert await reopened.get_completion("r") == _completion()
 
 
+async def test_recording_a_request_returns_the_completion_that_came_first(store: Store) -> None:
+    # fal's webhook can beat the submit's own record: the submit learns it from the same call.
+    assert await store.record_request(_record("plain")) is None
+    early = _completion("early")
+    assert await store.put_completion(early) is True
+    assert await store.record_request(_record("early")) == early
+
+
 # --- backend specifics ---
+
+
+async def test_sqlite_counts_the_slots_a_file_held_before_slots_were_counted(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as db:
+        for statement in (s for step in MIGRATIONS[:3] for s in step):
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+        db.executemany("INSERT INTO slots VALUES ('alice', ?, ?)", [(f"t{i}", NOW + 600) for i in range(3)])
+    async with open_store(f"sqlite:///{path}") as store:
+        assert not await store.acquire_slot("alice", "t3", limit=3, ttl=60)  # the three held before count
+        assert await store.acquire_slot("alice", "t3", limit=4, ttl=60)
+        assert await store.release_slot("alice", "t0")
+        assert await store.acquire_slot("alice", "t4", limit=4, ttl=60)
+        assert not await store.acquire_slot("alice", "t5", limit=4, ttl=60)
 
 
 async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:

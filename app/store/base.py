@@ -182,8 +182,12 @@ class Store(ABC):
     # --- ownership ---
 
     @abstractmethod
-    async def record_request(self, record: RequestRecord) -> None:
-        """Inserts the record, replacing one with the same request_id."""
+    async def record_request(self, record: RequestRecord) -> Completion | None:
+        """Inserts the record, replacing one with the same request_id.
+
+        Returns the request's completion if one was already recorded: fal's webhook can arrive before
+        the submit that started the job is recorded. Asked in the same call, a submit costs one round trip.
+        """
 
     @abstractmethod
     async def get_request(self, request_id: str) -> RequestRecord | None: ...

@@ -38,6 +38,7 @@ from app.store.base import (
     REQUEST_TTL_SECONDS,
     SPEND_TTL_SECONDS,
     TERMINAL_STATES,
+    Completion,
     RequestRecord,
     Store,
     StoredResponse,
@@ -48,7 +49,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
-from app.store.redis_relay import RedisRelay
+from app.store.redis_relay import RedisRelay, completion_from_json
 
 DEFAULT_PREFIX = "falgate:"
 
@@ -233,7 +234,7 @@ class RedisStore(RedisRelay, Store):
 
     # --- ownership ---
 
-    async def record_request(self, record: RequestRecord) -> None:
+    async def record_request(self, record: RequestRecord) -> Completion | None:
         key, index = self._key("req", record.request_id), self._key("reqs", record.caller_id)
         pending = self._key("pending")
         with self._guard():
@@ -249,7 +250,9 @@ class RedisStore(RedisRelay, Store):
                 else:
                     pipe.zadd(pending, {record.request_id: record.created_at})
                 pipe.expire(pending, REQUEST_TTL_SECONDS)  # outlives every record it lists
-                await pipe.execute()
+                pipe.get(self._key("done", record.request_id))
+                *_, early = await pipe.execute()
+        return None if early is None else completion_from_json(record.request_id, early)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         with self._guard():

@@ -178,6 +178,11 @@ def _delivery_from_reply(flat: Any, history: list[bytes]) -> Delivery | None:
     )
 
 
+def completion_from_json(request_id: str, raw: str | bytes) -> Completion:
+    fields = json.loads(raw)
+    return Completion(request_id, fields["ok"], fields["payload"], fields["error"], fields["received_at"], fields["source"])
+
+
 class RedisRelay:
     """Mixed into RedisStore."""
 
@@ -218,12 +223,7 @@ class RedisRelay:
     async def get_completion(self, request_id: str) -> Completion | None:
         with self._guard():
             raw = await self._redis.get(self._key("done", request_id))
-        if raw is None:
-            return None
-        fields = json.loads(raw)
-        return Completion(
-            request_id, fields["ok"], fields["payload"], fields["error"], fields["received_at"], fields["source"]
-        )
+        return None if raw is None else completion_from_json(request_id, raw)
 
     # --- events ---
 

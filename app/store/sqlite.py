@@ -1,8 +1,16 @@
-"""The embedded store: one aiosqlite connection (its own thread) on a WAL-mode file.
+"""The embedded store: one plain sqlite3 connection on a WAL-mode file, owned by one worker thread.
+
+Each public method is one synchronous function (for a write: BEGIN IMMEDIATE, the periodic prune, its
+statements, then COMMIT or ROLLBACK) that the event loop hands to the store's worker thread and awaits
+as a single future: one thread hop per call. A hop per statement, as with aiosqlite, cost a wake-up
+and a GIL hand-over each, and the gateway spent much of its CPU in the kernel switching threads.
+
+The worker runs those functions one at a time in submission order, so tasks never interleave
+statements on the connection; it is the only thread that touches the connection (opened there on the
+first call, with the PRAGMAs and migrations, and closed there by `close()`).
 
 Several processes may open the same file: every check-and-set runs inside `BEGIN IMMEDIATE`, which
 takes SQLite's write lock up front, so two connections can't both read the old value and both write.
-Within one process an asyncio.Lock keeps tasks from interleaving statements on the shared connection.
 """
 
 from __future__ import annotations
@@ -12,18 +20,18 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from app.store.base import (
     PROGRESS_ORDER,
     REQUEST_TTL_SECONDS,
     SPEND_TTL_SECONDS,
     TERMINAL_STATES,
+    Completion,
     RequestRecord,
     Store,
     StoredResponse,
@@ -35,9 +43,10 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_relay import RELAY_MIGRATION, SQLiteRelay
+from app.store.sqlite_worker import Worker
 
 T = TypeVar("T")
-_Op = Callable[[aiosqlite.Connection], Awaitable[T]]
+_Op = Callable[[sqlite3.Connection], T]
 
 _BUSY_TIMEOUT_MS = 5000
 _PRUNE_EVERY_SECONDS = 60.0
@@ -70,6 +79,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # A caller's expired slots are pruned and its live ones counted on every submit: by index, not a scan
     # of every slot the caller holds (found by bench/: submits slowed as slots piled up).
     ("CREATE INDEX IF NOT EXISTS slots_by_expiry ON slots (caller_id, expires_at)",),
+    # ...and counted in O(1): COUNT(*) over a caller's slots still read every one of them (thousands for
+    # a backend with many jobs in flight). Triggers keep the count, whichever statement adds or removes
+    # a slot; slots are never replaced in place (REPLACE would skip the delete trigger).
+    (
+        "CREATE TABLE IF NOT EXISTS slot_counts (caller_id TEXT PRIMARY KEY, held INTEGER NOT NULL)",
+        "INSERT OR REPLACE INTO slot_counts (caller_id, held) SELECT caller_id, COUNT(*) FROM slots GROUP BY caller_id",
+        (
+            "CREATE TRIGGER IF NOT EXISTS slots_counted_in AFTER INSERT ON slots BEGIN"
+            " INSERT INTO slot_counts (caller_id, held) VALUES (new.caller_id, 1)"
+            " ON CONFLICT (caller_id) DO UPDATE SET held = held + 1; END"
+        ),
+        (
+            "CREATE TRIGGER IF NOT EXISTS slots_counted_out AFTER DELETE ON slots BEGIN"
+            " UPDATE slot_counts SET held = held - 1 WHERE caller_id = old.caller_id; END"
+        ),
+    ),
 )
 
 # Column order == field order, so a row is RequestRecord(*row) and a record is astuple(record).
@@ -82,16 +107,46 @@ def _record(row: Iterable[Any]) -> RequestRecord:
     return RequestRecord(*row)
 
 
-async def _one(db: aiosqlite.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+def _one(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
     """The first row of `query`, or None."""
-    async with db.execute(query, params) as cursor:
-        return await cursor.fetchone()
+    return db.execute(query, params).fetchone()
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
+def _rollback(db: sqlite3.Connection) -> None:
     # SQLite may have rolled back already (e.g. after a disk error); the original exception matters more.
     with contextlib.suppress(sqlite3.Error):
-        await db.execute("ROLLBACK")
+        db.execute("ROLLBACK")
+
+
+def _open(path: str) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves. The worker
+    # thread opens it and is the only one to use it, so sqlite3's same-thread check stays on as a guard.
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
+        _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = _one(db, "PRAGMA user_version")
+        for step, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            # Not executescript: it COMMITs first, and two processes opening a fresh file at once
+            # must not both migrate. Inside BEGIN IMMEDIATE the second one sees the new version.
+            for statement in statements:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {step}")
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 class SQLiteStore(SQLiteRelay, Store):
@@ -102,148 +157,124 @@ class SQLiteStore(SQLiteRelay, Store):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreUnavailable(f"cannot create the directory for {path}: {exc}") from exc
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
+        self._worker = Worker(name="falgate-sqlite")
+        self._closing: asyncio.Future[None] | None = None
+        # Touched only by the worker thread:
+        self._db: sqlite3.Connection | None = None
         self._last_prune = 0.0
 
-    # --- connection and transactions ---
+    # --- in the worker thread ---
 
-    async def _connect(self) -> aiosqlite.Connection:
-        if self._closed:
-            raise StoreUnavailable("the store is closed")
-        if self._db is None:
-            # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
-            db = await aiosqlite.connect(self._path, isolation_level=None)
-            try:
-                await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
-                await self._migrate(db)
-            except BaseException:
-                await db.close()
-                raise
-            self._db = db
-        return self._db
-
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
+    def _run(self, op: _Op[T], write: bool) -> T:
         try:
-            (version,) = await _one(db, "PRAGMA user_version")
-            for step, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                # Not executescript: it COMMITs first, and two processes opening a fresh file at once
-                # must not both migrate. Inside BEGIN IMMEDIATE the second one sees the new version.
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {step}")
-            await db.execute("COMMIT")
-        except BaseException:
-            await _rollback(db)
-            raise
-
-    async def _locked(self, op: _Op[T], write: bool) -> T:
-        async with self._lock:
+            if self._db is None:
+                self._db = _open(self._path)  # on first use; a failed open is retried by the next call
+            db = self._db
+            if not write:
+                return op(db)
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db = await self._connect()
-                if not write:
-                    return await op(db)
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    await self._maybe_prune(db)  # first, so it never deletes what `op` just wrote
-                    result = await op(db)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await _rollback(db)
-                    raise
-                return result
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
+                self._maybe_prune(db)  # first, so it never deletes what `op` just wrote
+                result = op(db)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return result
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
 
-    async def _write(self, op: _Op[T]) -> T:
-        # Shielded: a cancelled caller must not leave BEGIN without COMMIT/ROLLBACK on the shared
-        # connection. The transaction finishes in the background and only the result is dropped.
-        return await asyncio.shield(self._locked(op, write=True))
-
-    async def _read(self, op: _Op[T]) -> T:
-        return await self._locked(op, write=False)
-
-    async def _maybe_prune(self, db: aiosqlite.Connection) -> None:
+    def _maybe_prune(self, db: sqlite3.Connection) -> None:
         now = time.time()
         if now - self._last_prune < _PRUNE_EVERY_SECONDS:
             return
         self._last_prune = now
         oldest_day = time.strftime("%Y-%m-%d", time.gmtime(now - SPEND_TTL_SECONDS))
-        await db.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
-        await db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
-        await db.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
-        await db.execute("DELETE FROM requests WHERE created_at < ?", (now - REQUEST_TTL_SECONDS,))
-        await self._prune_relay(db, now)
+        db.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
+        db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+        db.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
+        db.execute("DELETE FROM requests WHERE created_at < ?", (now - REQUEST_TTL_SECONDS,))
+        self._prune_relay(db, now)
+
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()
+
+    # --- on the event loop ---
+
+    async def _submit(self, op: _Op[T], write: bool) -> T:
+        if self._closing is not None:
+            raise StoreUnavailable("the store is closed")
+        return await self._worker.submit(partial(self._run, op, write))
+
+    async def _write(self, op: _Op[T]) -> T:
+        # No asyncio.shield needed, by construction: cancelling this await cancels only the caller's
+        # future. The function is already queued and runs its whole transaction, COMMIT or ROLLBACK
+        # included; the worker then drops the result.
+        return await self._submit(op, write=True)
+
+    async def _read(self, op: _Op[T]) -> T:
+        return await self._submit(op, write=False)
 
     async def ping(self) -> None:
         await self._read(lambda db: _one(db, "SELECT 1"))
 
     async def close(self) -> None:
-        async with self._lock:
-            self._closed = True
-            if self._db is not None:
-                db, self._db = self._db, None
-                await db.close()
+        if self._closing is None:
+            self._closing = self._worker.stop(self._disconnect)  # after the work already queued
+        await asyncio.shield(self._closing)
 
     # --- ownership ---
 
-    async def record_request(self, record: RequestRecord) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
+    async def record_request(self, record: RequestRecord) -> Completion | None:
+        def op(db: sqlite3.Connection) -> Completion | None:
             query = f"INSERT OR REPLACE INTO requests ({_REQUEST_COLUMNS}) VALUES ({_REQUEST_PLACEHOLDERS})"
-            await db.execute(query, astuple(record))
+            db.execute(query, astuple(record))
+            return self._completion(db, record.request_id)
 
-        await self._write(op)
+        return await self._write(op)
 
     @staticmethod
-    async def _fetch(db: aiosqlite.Connection, request_id: str) -> RequestRecord | None:
-        row = await _one(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,))
+    def _fetch(db: sqlite3.Connection, request_id: str) -> RequestRecord | None:
+        row = _one(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,))
         return None if row is None else _record(row)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         return await self._read(lambda db: self._fetch(db, request_id))
 
     async def list_requests(self, caller_id: str, limit: int = 50) -> list[RequestRecord]:
-        async def op(db: aiosqlite.Connection) -> list[RequestRecord]:
-            query = (
-                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE caller_id = ?"
-                " ORDER BY created_at DESC, rowid DESC LIMIT ?"
-            )
-            async with db.execute(query, (caller_id, max(limit, 0))) as cur:
-                return [_record(row) for row in await cur.fetchall()]
-
-        return await self._read(op)
+        query = (
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE caller_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        )
+        return await self._read(lambda db: [_record(row) for row in db.execute(query, (caller_id, max(limit, 0)))])
 
     async def set_state(self, request_id: str, state: str) -> RequestRecord | None:
         check_progress_state(state)
 
-        async def op(db: aiosqlite.Connection) -> RequestRecord | None:
-            record = await self._fetch(db, request_id)
+        def op(db: sqlite3.Connection) -> RequestRecord | None:
+            record = self._fetch(db, request_id)
             if record is None:
                 return None
             current = PROGRESS_ORDER.get(record.state)
             if current is None or PROGRESS_ORDER[state] <= current:
                 return record  # terminal, unknown, or not forward: leave it
-            await db.execute("UPDATE requests SET state = ? WHERE request_id = ?", (state, request_id))
-            return await self._fetch(db, request_id)
+            db.execute("UPDATE requests SET state = ? WHERE request_id = ?", (state, request_id))
+            return self._fetch(db, request_id)
 
         return await self._write(op)
 
     async def finish_request(self, request_id: str, state: str) -> RequestRecord | None:
         check_terminal_state(state)
 
-        async def op(db: aiosqlite.Connection) -> RequestRecord | None:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> RequestRecord | None:
+            cursor = db.execute(
                 f"UPDATE requests SET state = ? WHERE request_id = ? AND state NOT IN ({_TERMINAL_SQL})",
                 (state, request_id),
             )
             if cursor.rowcount != 1:
                 return None
-            return await self._fetch(db, request_id)
+            return self._fetch(db, request_id)
 
         return await self._write(op)
 
@@ -252,54 +283,51 @@ class SQLiteStore(SQLiteRelay, Store):
     async def acquire_slot(self, caller_id: str, token: str, limit: int, ttl: float) -> bool:
         check_ttl(ttl)
 
-        async def op(db: aiosqlite.Connection) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
             now = time.time()
-            await db.execute("DELETE FROM slots WHERE caller_id = ? AND expires_at <= ?", (caller_id, now))
-            query = "SELECT COUNT(*), COALESCE(SUM(token = ?), 0) FROM slots WHERE caller_id = ?"
-            held, mine = await _one(db, query, (token, caller_id))
-            if not mine and held >= limit:
-                return False
-            await db.execute(
-                "INSERT OR REPLACE INTO slots (caller_id, token, expires_at) VALUES (?, ?, ?)",
-                (caller_id, token, now + ttl),
+            db.execute("DELETE FROM slots WHERE caller_id = ? AND expires_at <= ?", (caller_id, now))
+            renewed = db.execute(
+                "UPDATE slots SET expires_at = ? WHERE caller_id = ? AND token = ?", (now + ttl, caller_id, token)
             )
+            if renewed.rowcount:
+                return True  # already held: a renewal, not one more slot
+            row = _one(db, "SELECT held FROM slot_counts WHERE caller_id = ?", (caller_id,))
+            if row is not None and row[0] >= limit:
+                return False
+            db.execute("INSERT INTO slots (caller_id, token, expires_at) VALUES (?, ?, ?)", (caller_id, token, now + ttl))
             return True
 
         return await self._write(op)
 
     async def release_slot(self, caller_id: str, token: str) -> bool:
-        async def op(db: aiosqlite.Connection) -> bool:
-            row = await _one(db, "SELECT expires_at FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
+        def op(db: sqlite3.Connection) -> bool:
+            row = _one(db, "SELECT expires_at FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
             if row is None:
                 return False
-            await db.execute("DELETE FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
+            db.execute("DELETE FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
             return bool(row[0] > time.time())
 
         return await self._write(op)
 
     async def slots_in_use(self, caller_id: str) -> int:
-        async def op(db: aiosqlite.Connection) -> int:
-            query = "SELECT COUNT(*) FROM slots WHERE caller_id = ? AND expires_at > ?"
-            (count,) = await _one(db, query, (caller_id, time.time()))
-            return int(count)
-
-        return await self._read(op)
+        query = "SELECT COUNT(*) FROM slots WHERE caller_id = ? AND expires_at > ?"
+        return await self._read(lambda db: int(_one(db, query, (caller_id, time.time()))[0]))
 
     # --- budgets ---
 
     @staticmethod
-    async def _micros(db: aiosqlite.Connection, caller_id: str, day: str) -> int:
-        row = await _one(db, "SELECT micros FROM spend WHERE caller_id = ? AND day = ?", (caller_id, day))
+    def _micros(db: sqlite3.Connection, caller_id: str, day: str) -> int:
+        row = _one(db, "SELECT micros FROM spend WHERE caller_id = ? AND day = ?", (caller_id, day))
         return int(row[0]) if row else 0
 
     async def reserve_budget(self, caller_id: str, day: str, amount: float, limit: float) -> tuple[bool, float]:
         amount_micros, limit_micros = to_micros(amount), to_micros(limit)
 
-        async def op(db: aiosqlite.Connection) -> tuple[bool, float]:
-            current = await self._micros(db, caller_id, day)
+        def op(db: sqlite3.Connection) -> tuple[bool, float]:
+            current = self._micros(db, caller_id, day)
             if current + amount_micros > limit_micros:
                 return False, from_micros(current)
-            await db.execute(
+            db.execute(
                 "INSERT INTO spend (caller_id, day, micros) VALUES (?, ?, ?)"
                 " ON CONFLICT (caller_id, day) DO UPDATE SET micros = micros + excluded.micros",
                 (caller_id, day, amount_micros),
@@ -311,17 +339,17 @@ class SQLiteStore(SQLiteRelay, Store):
     async def refund_budget(self, caller_id: str, day: str, amount: float) -> float:
         amount_micros = to_micros(amount)
 
-        async def op(db: aiosqlite.Connection) -> float:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> float:
+            db.execute(
                 "UPDATE spend SET micros = MAX(micros - ?, 0) WHERE caller_id = ? AND day = ?",
                 (amount_micros, caller_id, day),
             )
-            return from_micros(await self._micros(db, caller_id, day))
+            return from_micros(self._micros(db, caller_id, day))
 
         return await self._write(op)
 
     async def spent(self, caller_id: str, day: str) -> float:
-        return from_micros(await self._read(lambda db: self._micros(db, caller_id, day)))
+        return await self._read(lambda db: from_micros(self._micros(db, caller_id, day)))
 
     # --- idempotency ---
 
@@ -330,14 +358,14 @@ class SQLiteStore(SQLiteRelay, Store):
     ) -> tuple[str, StoredResponse | None]:
         check_ttl(ttl)
 
-        async def op(db: aiosqlite.Connection) -> tuple[str, StoredResponse | None]:
+        def op(db: sqlite3.Connection) -> tuple[str, StoredResponse | None]:
             now = time.time()
             scope = (caller_id, key)
             where = "WHERE caller_id = ? AND key = ?"
-            await db.execute(f"DELETE FROM idempotency {where} AND expires_at <= ?", (*scope, now))
-            row = await _one(db, f"SELECT fingerprint, status_code, headers_json, body FROM idempotency {where}", scope)
+            db.execute(f"DELETE FROM idempotency {where} AND expires_at <= ?", (*scope, now))
+            row = _one(db, f"SELECT fingerprint, status_code, headers_json, body FROM idempotency {where}", scope)
             if row is None:
-                await db.execute(
+                db.execute(
                     "INSERT INTO idempotency (caller_id, key, fingerprint, expires_at) VALUES (?, ?, ?, ?)",
                     (*scope, fingerprint, now + ttl),
                 )
@@ -353,20 +381,21 @@ class SQLiteStore(SQLiteRelay, Store):
 
     async def idempotency_complete(self, caller_id: str, key: str, response: StoredResponse, ttl: float) -> None:
         check_ttl(ttl)
+        headers_json = json.dumps(response.headers)
 
-        async def op(db: aiosqlite.Connection) -> None:
+        def op(db: sqlite3.Connection) -> None:
             now = time.time()
-            await db.execute(
+            db.execute(
                 "UPDATE idempotency SET status_code = ?, headers_json = ?, body = ?, expires_at = ?"
                 " WHERE caller_id = ? AND key = ? AND expires_at > ?",
-                (response.status_code, json.dumps(response.headers), response.body, now + ttl, caller_id, key, now),
+                (response.status_code, headers_json, response.body, now + ttl, caller_id, key, now),
             )
 
         await self._write(op)
 
     async def idempotency_abort(self, caller_id: str, key: str) -> None:
-        async def op(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
                 "DELETE FROM idempotency WHERE caller_id = ? AND key = ? AND status_code IS NULL", (caller_id, key)
             )
 

@@ -1,19 +1,19 @@
 """The webhook relay's share of the SQLite store: completions, event logs and the client-webhook outbox.
 
-A mixin for `SQLiteStore`: every method runs through the store's `_write` (one `BEGIN IMMEDIATE`
-transaction, so a check-and-set can't interleave with another connection's, even in another process)
-or `_read`. Its tables come from RELAY_MIGRATION, which `sqlite.MIGRATIONS` lists.
+A mixin for `SQLiteStore`: every method hands one synchronous function to the store's `_write` (run
+on the store's worker thread as one `BEGIN IMMEDIATE` transaction, so a check-and-set can't interleave
+with another connection's, even in another process) or `_read`. Its tables come from RELAY_MIGRATION,
+which `sqlite.MIGRATIONS` lists.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import aiosqlite
 
 from app.store.base import (
     COMPLETION_TTL_SECONDS,
@@ -33,7 +33,7 @@ from app.store.base import (
 )
 
 T = TypeVar("T")
-_Op = Callable[[aiosqlite.Connection], Awaitable[T]]
+_Op = Callable[[sqlite3.Connection], T]
 
 _TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
 
@@ -73,14 +73,12 @@ _DELIVERY_COLUMNS = ", ".join("history_json" if field.name == "history" else fie
 _DELIVERY_PLACEHOLDERS = ", ".join("?" for _ in fields(Delivery))
 
 
-async def _one(db: aiosqlite.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
-    async with db.execute(query, params) as cursor:
-        return await cursor.fetchone()
+def _one(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    return db.execute(query, params).fetchone()
 
 
-async def _all(db: aiosqlite.Connection, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    async with db.execute(query, params) as cursor:
-        return list(await cursor.fetchall())
+def _all(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    return db.execute(query, params).fetchall()
 
 
 def _json(value: Any) -> str:
@@ -94,8 +92,8 @@ def _delivery(row: Sequence[Any]) -> Delivery:
     return Delivery(**values)
 
 
-async def _fetch_delivery(db: aiosqlite.Connection, delivery_id: str) -> Delivery | None:
-    row = await _one(db, f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?", (delivery_id,))
+def _fetch_delivery(db: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+    row = _one(db, f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = ?", (delivery_id,))
     return None if row is None else _delivery(row)
 
 
@@ -109,15 +107,13 @@ class SQLiteRelay:
         async def _read(self, op: _Op[T]) -> T: ...
 
     @staticmethod
-    async def _prune_relay(db: aiosqlite.Connection, now: float) -> None:
-        await db.execute("DELETE FROM completions WHERE received_at < ?", (now - COMPLETION_TTL_SECONDS,))
+    def _prune_relay(db: sqlite3.Connection, now: float) -> None:
+        db.execute("DELETE FROM completions WHERE received_at < ?", (now - COMPLETION_TTL_SECONDS,))
         stale_logs = "SELECT request_id FROM event_logs WHERE updated_at < ?"
-        await db.execute(f"DELETE FROM events WHERE request_id IN ({stale_logs})", (now - EVENT_TTL_SECONDS,))
-        await db.execute("DELETE FROM event_logs WHERE updated_at < ?", (now - EVENT_TTL_SECONDS,))
+        db.execute(f"DELETE FROM events WHERE request_id IN ({stale_logs})", (now - EVENT_TTL_SECONDS,))
+        db.execute("DELETE FROM event_logs WHERE updated_at < ?", (now - EVENT_TTL_SECONDS,))
         # Pending deliveries are still owed; only settled ones age out.
-        await db.execute(
-            "DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", (now - DELIVERY_TTL_SECONDS,)
-        )
+        db.execute("DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", (now - DELIVERY_TTL_SECONDS,))
 
     # --- completions ---
 
@@ -125,8 +121,8 @@ class SQLiteRelay:
         check_completion(completion)
         payload = None if completion.payload is None else _json(completion.payload)
 
-        async def op(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO completions (request_id, ok, payload_json, error, received_at, source)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -142,57 +138,65 @@ class SQLiteRelay:
 
         return await self._write(op)
 
-    async def get_completion(self, request_id: str) -> Completion | None:
+    @staticmethod
+    def _completion(db: sqlite3.Connection, request_id: str) -> Completion | None:
         query = "SELECT ok, payload_json, error, received_at, source FROM completions WHERE request_id = ?"
-        row = await self._read(lambda db: _one(db, query, (request_id,)))
+        row = _one(db, query, (request_id,))
         if row is None:
             return None
         ok, payload_json, error, received_at, source = row
         payload = None if payload_json is None else json.loads(payload_json)
         return Completion(request_id, bool(ok), payload, error, received_at, source)
 
+    async def get_completion(self, request_id: str) -> Completion | None:
+        return await self._read(lambda db: self._completion(db, request_id))
+
     # --- events ---
 
     async def append_event(self, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
         data_json = _json(data)  # serialize before the transaction: a bad payload fails without a write
 
-        async def op(db: aiosqlite.Connection) -> Event | None:
+        def op(db: sqlite3.Connection) -> Event | None:
             now = time.time()
-            row = await _one(db, "SELECT last_seq, terminal_seq FROM event_logs WHERE request_id = ?", (request_id,))
+            row = _one(db, "SELECT last_seq, terminal_seq FROM event_logs WHERE request_id = ?", (request_id,))
             if row is not None and row[1] is not None:
                 return None  # the log is closed
             seq = (row[0] if row is not None else 0) + 1
-            await db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO event_logs (request_id, last_seq, terminal_seq, updated_at)"
                 " VALUES (?, ?, ?, ?)",
                 (request_id, seq, seq if terminal else None, now),
             )
-            await db.execute(
+            db.execute(
                 "INSERT INTO events (request_id, seq, kind, data_json, at) VALUES (?, ?, ?, ?, ?)",
                 (request_id, seq, kind, data_json, now),
             )
             if seq > EVENT_CAP:  # drop the oldest; the newest (so any terminal one) stays
-                await db.execute("DELETE FROM events WHERE request_id = ? AND seq <= ?", (request_id, seq - EVENT_CAP))
+                db.execute("DELETE FROM events WHERE request_id = ? AND seq <= ?", (request_id, seq - EVENT_CAP))
             return Event(seq, kind, json.loads(data_json), now)
 
         return await self._write(op)
 
     async def events_after(self, request_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
-        query = "SELECT seq, kind, data_json, at FROM events WHERE request_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        rows = await self._read(lambda db: _all(db, query, (request_id, after_seq, max(limit, 0))))
-        return [Event(seq, kind, json.loads(data_json), at) for seq, kind, data_json, at in rows]
+        def op(db: sqlite3.Connection) -> list[Event]:
+            query = "SELECT seq, kind, data_json, at FROM events WHERE request_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            rows = db.execute(query, (request_id, after_seq, max(limit, 0)))
+            return [Event(seq, kind, json.loads(data_json), at) for seq, kind, data_json, at in rows]
+
+        return await self._read(op)
 
     async def has_terminal_event(self, request_id: str) -> bool:
         query = "SELECT 1 FROM event_logs WHERE request_id = ? AND terminal_seq IS NOT NULL"
-        return await self._read(lambda db: _one(db, query, (request_id,))) is not None
+        return await self._read(lambda db: _one(db, query, (request_id,)) is not None)
 
     async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
         query = (
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state NOT IN ({_TERMINAL_SQL}) AND created_at < ?"
             " ORDER BY created_at LIMIT ?"
         )
-        rows = await self._read(lambda db: _all(db, query, (older_than, max(limit, 0))))
-        return [RequestRecord(*row) for row in rows]
+        return await self._read(
+            lambda db: [RequestRecord(*row) for row in db.execute(query, (older_than, max(limit, 0)))]
+        )
 
     # --- outbox ---
 
@@ -203,8 +207,8 @@ class SQLiteRelay:
             _json(list(delivery.history)),
         )
 
-        async def op(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def op(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 f"INSERT OR IGNORE INTO deliveries ({_DELIVERY_COLUMNS}, lease_until, updated_at)"
                 f" VALUES ({_DELIVERY_PLACEHOLDERS}, 0, ?)",
                 (*values, time.time()),
@@ -216,16 +220,16 @@ class SQLiteRelay:
     async def claim_deliveries(self, now: float, lease_seconds: float, limit: int = 10) -> list[Delivery]:
         check_lease(lease_seconds)
 
-        async def op(db: aiosqlite.Connection) -> list[Delivery]:
+        def op(db: sqlite3.Connection) -> list[Delivery]:
             # Select and lease in one IMMEDIATE transaction: no other connection can pick the same rows.
-            rows = await _all(
+            rows = _all(
                 db,
                 f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
                 " AND lease_until <= ? ORDER BY next_attempt_at, rowid LIMIT ?",
                 (now, now, max(limit, 0)),
             )
             claimed = [_delivery(row) for row in rows]
-            await db.executemany(
+            db.executemany(
                 "UPDATE deliveries SET lease_until = ? WHERE delivery_id = ?",
                 [(now + lease_seconds, d.delivery_id) for d in claimed],
             )
@@ -243,8 +247,8 @@ class SQLiteRelay:
         duration_ms: int,
         next_attempt_at: float | None,
     ) -> Delivery | None:
-        async def op(db: aiosqlite.Connection) -> Delivery | None:
-            current = await _fetch_delivery(db, delivery_id)
+        def op(db: sqlite3.Connection) -> Delivery | None:
+            current = _fetch_delivery(db, delivery_id)
             if current is None:
                 return None
             now = time.time()
@@ -258,13 +262,13 @@ class SQLiteRelay:
                 state = "failed"
             else:
                 state, due = "pending", next_attempt_at
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_status = ?,"
                 " last_error = ?, delivered_at = ?, history_json = ?, lease_until = 0, updated_at = ?"
                 " WHERE delivery_id = ?",
                 (state, due, status_code, error, delivered_at, _json(history), now, delivery_id),
             )
-            return await _fetch_delivery(db, delivery_id)
+            return _fetch_delivery(db, delivery_id)
 
         return await self._write(op)
 
@@ -276,20 +280,19 @@ class SQLiteRelay:
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE caller_id = ?"
             " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
-        rows = await self._read(lambda db: _all(db, query, (caller_id, max(limit, 0))))
-        return [_delivery(row) for row in rows]
+        return await self._read(lambda db: [_delivery(row) for row in db.execute(query, (caller_id, max(limit, 0)))])
 
     async def redeliver(self, delivery_id: str, now: float) -> Delivery | None:
-        async def op(db: aiosqlite.Connection) -> Delivery | None:
+        def op(db: sqlite3.Connection) -> Delivery | None:
             # lease_until is left alone: an attempt in flight finishes before the re-send is claimable.
-            await db.execute(
+            db.execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE delivery_id = ?",
                 (now, time.time(), delivery_id),
             )
-            return await _fetch_delivery(db, delivery_id)
+            return _fetch_delivery(db, delivery_id)
 
         return await self._write(op)
 
     async def outbox_depth(self) -> int:
-        (count,) = await self._read(lambda db: _one(db, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"))
-        return int(count)
+        query = "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
+        return await self._read(lambda db: int(_one(db, query)[0]))
