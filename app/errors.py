@@ -84,12 +84,14 @@ def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any
     return [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")} for err in errors]
 
 
-async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=exc.headers)
+def error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """The JSON answer for a refusal, wherever it was raised (a route, or app/fast_path.py)."""
+    extra = exc.extra if isinstance(exc, GatewayError) else {}
+    return JSONResponse({"detail": exc.detail, **extra}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,7 +105,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.catalog import CATALOG
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
+from app.fast_path import FastPath
 from app.metrics import Metrics
 from app.observability import RequestObserver
 from app.routes import callers, catalog, deliveries, events, fal_webhooks, health, playground, proxy, queue, storage
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Innermost: the front doors' hot requests skip FastAPI's routing, but not the observer or CORS.
+    app.add_middleware(FastPath, settings=settings)
     # Outermost, so it sees every answer, including the error handlers' and CORS refusals.
     app.add_middleware(RequestObserver, metrics=metrics)
     app.add_middleware(
