@@ -221,6 +221,42 @@ def test_hostile_target_is_refused(proxy: httpx.Client, fal_log: FalLog, method:
     assert fal_log.requests() == [], "a refused target reached fal"
 
 
+def _split_step_by_step(raw: str) -> object:
+    """`_split` with its one-step match turned off: the checks that name a refusal's reason."""
+    from app import target_url
+
+    saved, target_url._PLAIN_TARGET = target_url._PLAIN_TARGET, re.compile(r"(?!)")
+    try:
+        return target_url._split(raw)
+    except target_url.TargetRefused as refused:
+        return ("refused", refused.detail)
+    finally:
+        target_url._PLAIN_TARGET = saved
+
+
+def test_the_one_step_match_accepts_nothing_the_step_by_step_checks_refuse() -> None:
+    # The hot path classifies an everyday target with one regex; it must agree with the full checks
+    # on every spelling, hostile or not (else a target could slip past them on the fast path).
+    from app.target_url import TargetRefused, _split
+
+    def one_step(raw: str) -> object:
+        try:
+            return _split(raw)
+        except TargetRefused as refused:
+            return ("refused", refused.detail)
+
+    schemes = ["https://", "http://", "HTTPS://", "https:/", "//"]
+    hosts = ["queue.fal.run", "fal.run", "rest.fal.ai", "rest.alpha.fal.ai", "Queue.fal.run", "queue.fal.run:443",
+             "queue.fal.run:0443", "queue.fal.run:80", "queue.fal.run.evil.com", "u:p@queue.fal.run", "evil.com"]
+    paths = ["/fal-ai/kling-video/requests/abc/status", "/tokens/", "/", "", "/a//", "/a/./b", "/a/../b", "/.a",
+             "/..", "/a.b", "/a~b/c", "/a/b/", "/a%2fb", "/a b", "/a\\b", "/a\nb", "/-a", "/a/[b]", "/a@b"]
+    queries = ["", "?logs=1", "?a=b&c", "?x=%2F", "?", "?fal_webhook=https%3A%2F%2Fx", "#f", "?a=1#", "?a=1#x"]
+    targets = [s + h + p + q for s in schemes for h in hosts for p in paths for q in queries]
+    targets += [c[2] for c in HOSTILE if isinstance(c[2], str)]
+    disagree = [t for t in targets if one_step(t) != _split_step_by_step(t)]
+    assert not disagree, disagree[:5]
+
+
 @pytest.mark.parametrize(
     "target",
     [
