@@ -98,7 +98,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse({"detail": _clean_validation_errors(list(exc.errors()))}, status_code=422)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may quote a header or a URL with credentials: log its type and place only.
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=False)
     return JSONResponse({"detail": "Internal gateway error"}, status_code=500)
@@ -107,4 +107,4 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,19 +1,22 @@
 """The front doors' hot requests, dispatched to the pipeline without FastAPI's per-request machinery.
 
 A status poll spent ~40% of the event loop in FastAPI and Starlette (the route search through included
-routers, dependency solving, exception wrappers), per bench/README.md's profile. The front doors need none
-of it: an operation is read from the path, one header and the query, and the pipeline does the rest. So
-this ASGI middleware recognises those requests with a dict lookup or one regex and builds the same
-`Operation` the routes in app/routes/proxy.py and app/routes/queue.py would, from the same functions.
+routers, dependency solving, six middleware layers each wrapping `send`), per bench/README.md's profile.
+The front doors need none of it: an operation is read from the path, one header and the query, and the
+pipeline does the rest. So `FalgateApp` (app/main.py) asks `FastPath.match` first; a match is served here:
+the same `Operation` the routes in app/routes/proxy.py and app/routes/queue.py would build, from the same
+functions, the same pipeline, the shared error renderers, CORS when it is configured, and the request
+observer's metrics sample and log line.
 
 It only takes requests those routes would have answered with a pipeline call; anything else (another
-method, an unknown model or app, a path FastAPI would route elsewhere) goes on to FastAPI unchanged, so
-the routes stay the documented API (/docs) and the answer for everything the fast path declines.
+method, an unknown model or app, a path FastAPI would route elsewhere) goes to FastAPI unchanged, so the
+routes stay the documented API (/docs) and the answer for everything the fast path declines.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -24,13 +27,14 @@ from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.catalog import APP_IDS, CATALOG
-from app.errors import error_response
+from app.cors import cors
+from app.errors import error_response, unexpected_error
+from app.observability import AccessRecorder
 from app.operations import FrontDoor, Operation, OpKind, per_request_operation, spending_operation
 from app.pipeline import handle
+from app.routes.proxy import TARGET_HEADER
 from app.settings import Settings
 from app.target_url import parse_target
-
-TARGET_HEADER = "x-fal-target-url"
 
 # The queue paths' per-request tail, as app/routes/queue.py declares them: (method, suffix) -> kind.
 _PER_REQUEST = re.compile(r"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?P<tail>/status/stream|/status|/cancel)?$")
@@ -48,6 +52,7 @@ _TEMPLATES = {
     OpKind.RESULT: "/{app_path:path}/requests/{request_id}",
 }
 _PROXY_METHODS = frozenset({"GET", "POST", "PUT"})
+_FACTORY_KEY = "falgate.operation_factory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,34 +66,19 @@ OperationFactory = Callable[[Request, dict[str, str]], Operation]
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self._app = app
+    def __init__(self, settings: Settings, recorder: AccessRecorder) -> None:
+        self._recorder = recorder
         self._proxy_path = settings.proxy_path
         self._proxy_label = RouteLabel(settings.proxy_path)
         self._allow_token_minting = settings.allow_token_minting
         self._submits = {f"/{model_id}": (RouteLabel(f"/{model_id}"), _submit_operation(model_id)) for model_id in CATALOG}
         self._labels = {kind: RouteLabel(path) for kind, path in _TEMPLATES.items()}
+        self._serve: ASGIApp = self._answer
+        if settings.cors_origins:
+            self._serve = cors(self._answer, settings.cors_origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        matched = self._match(scope)
-        if matched is None:
-            await self._app(scope, receive, send)
-            return
-        label, factory = matched
-        scope["route"] = label
-        request = Request(scope, receive, send)
-        try:
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            op = factory(request, query)
-            response = await handle(scope["app"].state.gateway, op, request)
-        except HTTPException as refused:
-            response = error_response(refused)
-        await response(scope, receive, send)
-
-    def _match(self, scope: Scope) -> tuple[RouteLabel, OperationFactory] | None:
+    def match(self, scope: Scope) -> tuple[RouteLabel, OperationFactory] | None:
+        """The route and operation builder of a front-door request, or None for FastAPI to answer."""
         method = scope["method"]
         path = get_route_path(scope)
         if path == self._proxy_path:
@@ -104,6 +94,32 @@ class FastPath:
         if kind is None or not (app_path in APP_IDS or app_path in CATALOG):
             return None
         return self._labels[kind], _per_request_operation(kind, app_path, found["request_id"])
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, matched: tuple[RouteLabel, OperationFactory]
+    ) -> None:
+        scope["route"], scope[_FACTORY_KEY] = matched
+        await self._serve(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status = 500
+        request = Request(scope, receive, send)
+        try:
+            try:
+                query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+                op = scope[_FACTORY_KEY](request, query)
+                response = await handle(scope["app"].state.gateway, op, request)
+            except HTTPException as refused:
+                response = error_response(refused)
+            except Exception as exc:
+                # What Starlette's ServerErrorMiddleware does: a JSON 500, then re-raise for the server's log.
+                await (await unexpected_error(request, exc))(scope, receive, send)
+                raise
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            self._recorder.record(scope, status, time.perf_counter() - started)
 
     def _proxy_operation(self, request: Request, query: dict[str, str]) -> Operation:
         return parse_target(request.method, request.headers.get(TARGET_HEADER), self._allow_token_minting)

@@ -14,20 +14,36 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from app.catalog import CATALOG
+from app.cors import cors_options
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
 from app.fast_path import FastPath
 from app.metrics import Metrics
-from app.observability import RequestObserver
+from app.observability import AccessRecorder, RequestObserver
 from app.routes import callers, catalog, deliveries, events, fal_webhooks, health, playground, proxy, queue, storage
 from app.settings import EMULATOR_MOUNT, Settings
 from app.state import Gateway
 
 log = logging.getLogger("falgate")
 
-EXPOSED_HEADERS = ["x-fal-request-id", "x-fal-request-timeout-type", "x-fal-error-type", "retry-after"]
+
+
+class FalgateApp(FastAPI):
+    """FastAPI, with the front doors' hot requests answered by app/fast_path.py before its middleware stack."""
+
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.fast_path is not None:
+            matched = self.fast_path.match(scope)
+            if matched is not None:
+                scope["app"] = self  # as Starlette sets it: Request.app, the gateway in app.state
+                await self.fast_path.serve(scope, receive, send, matched)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def load_settings() -> Settings:
@@ -39,7 +55,7 @@ def load_settings() -> Settings:
         raise SystemExit("falgate: invalid configuration:\n" + "\n".join(lines)) from None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FalgateApp:
     settings = settings or load_settings()
     emulator = None
     if settings.emulated:
@@ -74,25 +90,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     metrics = Metrics()
 
-    app = FastAPI(
+    app = FalgateApp(
         title="falgate",
         summary="A gateway for fal.ai's image-to-video models: the key stays on the server.",
         version="0.1.0",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # Innermost: the front doors' hot requests skip FastAPI's routing, but not the observer or CORS.
-    app.add_middleware(FastPath, settings=settings)
-    # Outermost, so it sees every answer, including the error handlers' and CORS refusals.
-    app.add_middleware(RequestObserver, metrics=metrics)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "PUT"],
-        allow_headers=["*"],
-        expose_headers=EXPOSED_HEADERS,
-        max_age=600,
-    )
+    if settings.cors_origins:  # without origins CORS would only wrap every response to add nothing
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+    recorder = AccessRecorder(metrics)
+    # Added last, so outermost: it sees every answer, including the error handlers' and CORS refusals.
+    app.add_middleware(RequestObserver, recorder=recorder)
+    app.fast_path = FastPath(settings, recorder)
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(callers.router)

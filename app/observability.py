@@ -23,19 +23,19 @@ _REFUSALS = frozenset({401, 402, 429})
 STATE_KEY = "falgate"
 
 
-def note(state: Any, **fields: object) -> None:
-    """Add fields to this request's log line (`request.state`)."""
-    current = getattr(state, STATE_KEY, None)
+def note(scope: Scope, **fields: object) -> None:
+    """Add fields to this request's log line (kept in the ASGI scope's state, as `request.state` is)."""
+    state = scope.setdefault("state", {})
+    current = state.get(STATE_KEY)
     if current is None:
-        current = {}
-        setattr(state, STATE_KEY, current)
+        state[STATE_KEY] = current = {}
     current.update(fields)
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, recorder: AccessRecorder) -> None:
         self._app = app
-        self._metrics = metrics
+        self._recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The embedded emulator stands in for fal: its traffic is not the gateway's own.
@@ -54,14 +54,23 @@ class RequestObserver:
         try:
             await self._app(scope, receive, observed_send)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            self._recorder.record(scope, status, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+
+class AccessRecorder:
+    """Writes each request's metrics sample and log line: for RequestObserver, and for app/fast_path.py,
+    which knows the status of what it answers without wrapping `send`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         fields: dict[str, object] = dict(scope.get("state", {}).get(STATE_KEY, {}))
         model = str(fields.get("model") or "-")
-        self._metrics.requests.labels(route=template, model=model, status=str(status)).inc()
+        self._count(template, model, status)
         if status in _REFUSALS:
             self._metrics.refusals.labels(status=str(status)).inc()
         path = scope.get("path", "")
@@ -80,3 +89,14 @@ class RequestObserver:
                     }
                 },
             )
+
+    def _count(self, template: str, model: str, status: int) -> None:
+        # Label sets are bounded (routes x models x status codes): keep each child counter, since
+        # prometheus_client's labels() takes a lock and validates on every call.
+        key = (template, model, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self._metrics.requests.labels(
+                route=template, model=model, status=str(status)
+            )
+        counter.inc()

@@ -32,9 +32,9 @@ log = logging.getLogger("falgate.pipeline")
 
 
 async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
-    note(request.state, operation=op.kind.value, door=op.door.value, model=_model_label(op), request_id=op.request_id)
+    note(request.scope, operation=op.kind.value, door=op.door.value, model=_model_label(op), request_id=op.request_id)
     caller = await gateway.auth.authenticate(request)
-    note(request.state, caller_id=caller.id)
+    note(request.scope, caller_id=caller.id)
     verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
     if op.kind in PER_REQUEST_KINDS:
         assert op.request_id is not None
@@ -99,7 +99,7 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     try:
         admission = await gateway.ledger.admit(caller, op, payload)
         upstream = await gateway.upstream.send(op, request.headers, body)
-        note(request.state, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
+        note(request.scope, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
         response = relay(op, upstream, gateway.settings.gateway_url)
         await _settle(gateway, op, admission, upstream.status_code, response, client_webhook)
     except BaseException:
@@ -152,7 +152,7 @@ async def _settle(
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
     upstream = await gateway.upstream.send(op, request.headers, body)
-    note(request.state, upstream_status=upstream.status_code)
+    note(request.scope, upstream_status=upstream.status_code)
     # A status body is parsed once, for the URL rewrite and for what it tells the ledger.
     status = json_body(upstream.content) if op.kind is OpKind.STATUS and upstream.status_code < 300 else None
     response = relay(op, upstream, gateway.settings.gateway_url, status)

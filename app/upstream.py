@@ -92,6 +92,8 @@ class UpstreamClient:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        # The child of each label set, once: prometheus_client's labels() locks and validates per call.
+        self._latency = {kind: metrics.upstream_latency.labels(operation=kind.value) for kind in OpKind} if metrics else {}
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0),
             cookie_jar=aiohttp.DummyCookieJar(),  # fal's cookies are none of our business, nor the caller's
@@ -163,7 +165,7 @@ class UpstreamClient:
                 await asyncio.sleep(_backoff(attempt))
             else:
                 if self._metrics is not None:
-                    self._metrics.upstream_latency.labels(operation=op.kind.value).observe(time.perf_counter() - started)
+                    self._latency[op.kind].observe(time.perf_counter() - started)
                     if response.status_code >= 500:
                         self._metrics.upstream_errors.labels(operation=op.kind.value, kind="status_5xx").inc()
                 return response
