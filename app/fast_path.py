@@ -107,7 +107,8 @@ class FastPath:
         request = Request(scope, receive, send)
         try:
             try:
-                query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+                raw_query = scope["query_string"]
+                query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
                 op = scope[_FACTORY_KEY](request, query)
                 response = await handle(scope["app"].state.gateway, op, request)
             except HTTPException as refused:

@@ -104,17 +104,22 @@ def _with_model(kind: OpKind, model_id: str, webhook: str | None = None) -> Oper
         raise TargetRefused(f"{model_id!r} is not a model this gateway serves") from None
 
 
+# (segments after "requests", method) -> the operation, and the segments after the request id it needs.
+_PER_REQUEST_KINDS: dict[tuple[int, str], tuple[OpKind, tuple[str, ...]]] = {
+    (1, "GET"): (OpKind.RESULT, ()),
+    (2, "GET"): (OpKind.STATUS, ("status",)),
+    (2, "PUT"): (OpKind.CANCEL, ("cancel",)),
+    (3, "GET"): (OpKind.STREAM, ("status", "stream")),
+}
+
+
 def _queue_operation(method: str, segments: list[str], query: dict[str, str]) -> Operation:
     if "requests" in segments:
         at = segments.index("requests")
         app_path, rest = "/".join(segments[:at]), segments[at + 1 :]
-        kinds = {
-            (1, "GET"): OpKind.RESULT,
-            (2, "GET"): OpKind.STATUS if rest[1:] == ["status"] else None,
-            (2, "PUT"): OpKind.CANCEL if rest[1:] == ["cancel"] else None,
-            (3, "GET"): OpKind.STREAM if rest[1:] == ["status", "stream"] else None,
-        }
-        kind = kinds.get((len(rest), method))
+        kind, tail = _PER_REQUEST_KINDS.get((len(rest), method), (None, ()))
+        if tuple(rest[1:]) != tail:
+            kind = None
         if kind is None or not app_path:
             raise TargetRefused("not a queue operation this gateway serves")
         try:

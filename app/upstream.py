@@ -9,6 +9,7 @@ Callers never see an aiohttp type: answers are `UpstreamResponse`, failures are 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -217,8 +218,14 @@ class UpstreamClient:
 
 def _url(call: UpstreamCall) -> URL:
     # The path is built from catalog ids and a checked request id; only the query needs quoting, once.
-    raw = f"{call.url}?{urlencode(call.params)}" if call.params else call.url
+    raw = f"{call.url}?{_query(tuple(call.params.items()))}" if call.params else call.url
     return URL(raw, encoded=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _query(params: tuple[tuple[str, str], ...]) -> str:
+    # Nearly always one of a few: logs=1, our own fal_webhook URL, a storage type.
+    return urlencode(params)
 
 
 def _backoff(attempt: int) -> float:
