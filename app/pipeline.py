@@ -100,8 +100,10 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
         admission = await gateway.ledger.admit(caller, op, payload)
         upstream = await gateway.upstream.send(op, request.headers, body)
         note(request.scope, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
-        response = relay(op, upstream, gateway.settings.gateway_url)
-        await _settle(gateway, op, admission, upstream.status_code, response, client_webhook)
+        # fal's answer is parsed once, for the URL rewrite and for the request id the ledger records.
+        data = json_body(upstream.content) if op.kind is OpKind.SUBMIT and upstream.status_code < 300 else None
+        response = relay(op, upstream, gateway.settings.gateway_url, data)
+        await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
     except BaseException:
         if admission is not None:
             await gateway.ledger.abandon(admission)
@@ -133,14 +135,13 @@ def _client_webhook(gateway: Gateway, op: Operation) -> str:
 
 
 async def _settle(
-    gateway: Gateway, op: Operation, admission: Admission, status: int, response: Response, client_webhook: str
+    gateway: Gateway, op: Operation, admission: Admission, status: int, data: dict | None, client_webhook: str
 ) -> None:
     ledger = gateway.ledger
     if op.kind is OpKind.RUN:
         # A sync run is over when fal answers: its slot is free, its cost spent unless it failed.
         await ledger.abandon(admission, refund=status >= 300)
         return
-    data = json_body(bytes(response.body)) if status < 300 else None
     request_id = data.get("request_id") if data else None
     if isinstance(request_id, str):
         early = await ledger.commit(admission, op, request_id, client_webhook)

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import astuple, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,14 +97,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-# Column order == field order, so a row is RequestRecord(*row) and a record is astuple(record).
-_REQUEST_COLUMNS = ", ".join(field.name for field in fields(RequestRecord))
+# Column order == field order, so a row is RequestRecord(*row) and a record is _row(record).
+_REQUEST_FIELDS = tuple(field.name for field in fields(RequestRecord))
+_REQUEST_COLUMNS = ", ".join(_REQUEST_FIELDS)
 _REQUEST_PLACEHOLDERS = ", ".join("?" for _ in fields(RequestRecord))
 _TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
 
 
 def _record(row: Iterable[Any]) -> RequestRecord:
     return RequestRecord(*row)
+
+
+def _row(record: RequestRecord) -> tuple[Any, ...]:
+    # Not dataclasses.astuple: it deep-copies every field, measurable on the submit path.
+    return tuple(getattr(record, name) for name in _REQUEST_FIELDS)
 
 
 def _one(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -230,7 +236,7 @@ class SQLiteStore(SQLiteRelay, Store):
     async def record_request(self, record: RequestRecord) -> Completion | None:
         def op(db: sqlite3.Connection) -> Completion | None:
             query = f"INSERT OR REPLACE INTO requests ({_REQUEST_COLUMNS}) VALUES ({_REQUEST_PLACEHOLDERS})"
-            db.execute(query, astuple(record))
+            db.execute(query, _row(record))
             return self._completion(db, record.request_id)
 
         return await self._write(op)
