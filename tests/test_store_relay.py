@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import sqlite3
 import time
 import uuid
@@ -415,6 +417,24 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
         assert await store.enqueue_delivery(_delivery("d"))
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_sqlite_checkpoints_the_wal_into_the_database_file(tmp_path: Path) -> None:
+    # Checkpoints run on their own thread, not in a COMMIT: committed rows still reach the main file.
+    path = tmp_path / "store.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        for i in range(20):
+            await store.record_request(_record(f"r{i}"))
+        copy = tmp_path / "main-file-only.db"
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            shutil.copyfile(path, copy)  # without the -wal file: only what was checkpointed
+            with contextlib.closing(sqlite3.connect(copy)) as db:
+                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "requests" in tables and db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 20:
+                    break
+        else:
+            raise AssertionError("the WAL was never checkpointed into the database file")
 
 
 async def test_redis_relay_keys_expire(redis_prefix: str) -> None:

@@ -7,7 +7,8 @@ and a GIL hand-over each, and the gateway spent much of its CPU in the kernel sw
 
 The worker runs those functions one at a time in submission order, so tasks never interleave
 statements on the connection; it is the only thread that touches the connection (opened there on the
-first call, with the PRAGMAs and migrations, and closed there by `close()`).
+first call, with the PRAGMAs and migrations, and closed there by `close()`). WAL checkpoints, and their
+fsyncs, run on a thread of their own (app/store/sqlite_checkpoint.py), never inside a store call.
 
 Several processes may open the same file: every check-and-set runs inside `BEGIN IMMEDIATE`, which
 takes SQLite's write lock up front, so two connections can't both read the old value and both write.
@@ -42,6 +43,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
+from app.store.sqlite_checkpoint import Checkpointer
 from app.store.sqlite_relay import RELAY_MIGRATION, SQLiteRelay
 from app.store.sqlite_worker import Worker
 
@@ -49,6 +51,7 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], T]
 
 _BUSY_TIMEOUT_MS = 5000
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
 
 # MIGRATIONS[i] takes the schema from user_version i to i + 1. Append, never edit: a file already
@@ -132,6 +135,7 @@ def _open(path: str) -> sqlite3.Connection:
         db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
+        db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")  # the WAL shrinks back after a burst
         _migrate(db)
     except BaseException:
         db.close()
@@ -167,6 +171,7 @@ class SQLiteStore(SQLiteRelay, Store):
         self._closing: asyncio.Future[None] | None = None
         # Touched only by the worker thread:
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         self._last_prune = 0.0
 
     # --- in the worker thread ---
@@ -174,7 +179,7 @@ class SQLiteStore(SQLiteRelay, Store):
     def _run(self, op: _Op[T], write: bool) -> T:
         try:
             if self._db is None:
-                self._db = _open(self._path)  # on first use; a failed open is retried by the next call
+                self._db = self._connect()  # on first use; a failed open is retried by the next call
             db = self._db
             if not write:
                 return op(db)
@@ -202,7 +207,18 @@ class SQLiteStore(SQLiteRelay, Store):
         db.execute("DELETE FROM requests WHERE created_at < ?", (now - REQUEST_TTL_SECONDS,))
         self._prune_relay(db, now)
 
+    def _connect(self) -> sqlite3.Connection:
+        db = _open(self._path)
+        if self._path != ":memory:" and self._checkpointer is None:
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job, off the call path
+            self._checkpointer = Checkpointer(self._path, _BUSY_TIMEOUT_MS)
+            self._checkpointer.start()
+        return db
+
     def _disconnect(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
             db, self._db = self._db, None
             db.close()
