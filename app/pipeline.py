@@ -46,7 +46,8 @@ async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
         response = await _stream(gateway, op, request)
     else:
         response = await _forward(gateway, op, request, body)
-    response.headers.update(verdict.headers())
+    # Appended raw: the answer never carries these already, and MutableHeaders would re-scan per header.
+    response.raw_headers.extend((name.encode(), value.encode()) for name, value in verdict.headers().items())
     return response
 
 
