@@ -31,7 +31,6 @@ from app.store.base import (
     PROGRESS_ORDER,
     REQUEST_TTL_SECONDS,
     SPEND_TTL_SECONDS,
-    TERMINAL_STATES,
     Completion,
     RequestRecord,
     Store,
@@ -44,7 +43,8 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_checkpoint import Checkpointer
-from app.store.sqlite_relay import RELAY_MIGRATION, SQLiteRelay
+from app.store.sqlite_relay import SQLiteRelay
+from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
 from app.store.sqlite_worker import Worker
 
 T = TypeVar("T")
@@ -54,57 +54,10 @@ _BUSY_TIMEOUT_MS = 5000
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
 
-# MIGRATIONS[i] takes the schema from user_version i to i + 1. Append, never edit: a file already
-# at version n only runs the entries after it.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        (
-            "CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, caller_id TEXT NOT NULL,"
-            " model_id TEXT NOT NULL, app_id TEXT NOT NULL, created_at REAL NOT NULL, state TEXT NOT NULL,"
-            " cost REAL NOT NULL DEFAULT 0, budget_day TEXT NOT NULL DEFAULT '', slot TEXT NOT NULL DEFAULT '')"
-        ),
-        "CREATE INDEX IF NOT EXISTS requests_by_caller ON requests (caller_id, created_at)",
-        (
-            "CREATE TABLE IF NOT EXISTS slots (caller_id TEXT NOT NULL, token TEXT NOT NULL,"
-            " expires_at REAL NOT NULL, PRIMARY KEY (caller_id, token))"
-        ),
-        (
-            "CREATE TABLE IF NOT EXISTS spend (caller_id TEXT NOT NULL, day TEXT NOT NULL,"
-            " micros INTEGER NOT NULL, PRIMARY KEY (caller_id, day))"
-        ),
-        (  # status_code stays NULL while the claim is pending
-            "CREATE TABLE IF NOT EXISTS idempotency (caller_id TEXT NOT NULL, key TEXT NOT NULL,"
-            " fingerprint TEXT NOT NULL, status_code INTEGER, headers_json TEXT, body BLOB,"
-            " expires_at REAL NOT NULL, PRIMARY KEY (caller_id, key))"
-        ),
-    ),
-    RELAY_MIGRATION,  # requests.client_webhook, completions, event logs, the client-webhook outbox
-    # A caller's expired slots are pruned and its live ones counted on every submit: by index, not a scan
-    # of every slot the caller holds (found by bench/: submits slowed as slots piled up).
-    ("CREATE INDEX IF NOT EXISTS slots_by_expiry ON slots (caller_id, expires_at)",),
-    # ...and counted in O(1): COUNT(*) over a caller's slots still read every one of them (thousands for
-    # a backend with many jobs in flight). Triggers keep the count, whichever statement adds or removes
-    # a slot; slots are never replaced in place (REPLACE would skip the delete trigger).
-    (
-        "CREATE TABLE IF NOT EXISTS slot_counts (caller_id TEXT PRIMARY KEY, held INTEGER NOT NULL)",
-        "INSERT OR REPLACE INTO slot_counts (caller_id, held) SELECT caller_id, COUNT(*) FROM slots GROUP BY caller_id",
-        (
-            "CREATE TRIGGER IF NOT EXISTS slots_counted_in AFTER INSERT ON slots BEGIN"
-            " INSERT INTO slot_counts (caller_id, held) VALUES (new.caller_id, 1)"
-            " ON CONFLICT (caller_id) DO UPDATE SET held = held + 1; END"
-        ),
-        (
-            "CREATE TRIGGER IF NOT EXISTS slots_counted_out AFTER DELETE ON slots BEGIN"
-            " UPDATE slot_counts SET held = held - 1 WHERE caller_id = old.caller_id; END"
-        ),
-    ),
-)
-
 # Column order == field order, so a row is RequestRecord(*row) and a record is _row(record).
 _REQUEST_FIELDS = tuple(field.name for field in fields(RequestRecord))
 _REQUEST_COLUMNS = ", ".join(_REQUEST_FIELDS)
 _REQUEST_PLACEHOLDERS = ", ".join("?" for _ in fields(RequestRecord))
-_TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
 
 
 def _record(row: Iterable[Any]) -> RequestRecord:
@@ -291,7 +244,7 @@ class SQLiteStore(SQLiteRelay, Store):
 
         def op(db: sqlite3.Connection) -> RequestRecord | None:
             cursor = db.execute(
-                f"UPDATE requests SET state = ? WHERE request_id = ? AND state NOT IN ({_TERMINAL_SQL})",
+                f"UPDATE requests SET state = ? WHERE request_id = ? AND state NOT IN ({TERMINAL_SQL})",
                 (state, request_id),
             )
             if cursor.rowcount != 1:

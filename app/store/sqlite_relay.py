@@ -2,8 +2,8 @@
 
 A mixin for `SQLiteStore`: every method hands one synchronous function to the store's `_write` (run
 on the store's worker thread as one `BEGIN IMMEDIATE` transaction, so a check-and-set can't interleave
-with another connection's, even in another process) or `_read`. Its tables come from RELAY_MIGRATION,
-which `sqlite.MIGRATIONS` lists.
+with another connection's, even in another process) or `_read`. Its tables come from RELAY_MIGRATION in
+app/store/sqlite_schema.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from app.store.base import (
     DELIVERY_TTL_SECONDS,
     EVENT_CAP,
     EVENT_TTL_SECONDS,
-    TERMINAL_STATES,
     Completion,
     Delivery,
     Event,
@@ -31,40 +30,10 @@ from app.store.base import (
     check_delivery,
     check_lease,
 )
+from app.store.sqlite_schema import TERMINAL_SQL
 
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], T]
-
-_TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
-
-RELAY_MIGRATION: tuple[str, ...] = (
-    "ALTER TABLE requests ADD COLUMN client_webhook TEXT NOT NULL DEFAULT ''",
-    # Partial: the poller's scan only ever looks at the few requests still running.
-    f"CREATE INDEX IF NOT EXISTS requests_pending ON requests (created_at) WHERE state NOT IN ({_TERMINAL_SQL})",
-    (
-        "CREATE TABLE IF NOT EXISTS completions (request_id TEXT PRIMARY KEY, ok INTEGER NOT NULL,"
-        " payload_json TEXT, error TEXT, received_at REAL NOT NULL, source TEXT NOT NULL)"
-    ),
-    # One row per request's log: the last seq handed out survives the cap trimming old events, and
-    # terminal_seq is the "closed" flag appends check.
-    (
-        "CREATE TABLE IF NOT EXISTS event_logs (request_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,"
-        " terminal_seq INTEGER, updated_at REAL NOT NULL)"
-    ),
-    (
-        "CREATE TABLE IF NOT EXISTS events (request_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,"
-        " data_json TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (request_id, seq)) WITHOUT ROWID"
-    ),
-    (
-        "CREATE TABLE IF NOT EXISTS deliveries (delivery_id TEXT PRIMARY KEY, request_id TEXT NOT NULL,"
-        " caller_id TEXT NOT NULL, url TEXT NOT NULL, body BLOB NOT NULL, state TEXT NOT NULL,"
-        " attempts INTEGER NOT NULL, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,"
-        " last_status INTEGER, last_error TEXT, delivered_at REAL, history_json TEXT NOT NULL DEFAULT '[]',"
-        " lease_until REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL)"
-    ),
-    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS deliveries_by_caller ON deliveries (caller_id, created_at)",
-)
 
 _REQUEST_COLUMNS = ", ".join(field.name for field in fields(RequestRecord))
 # Delivery's fields in order, with history stored as JSON text.
@@ -191,7 +160,7 @@ class SQLiteRelay:
 
     async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
         query = (
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state NOT IN ({_TERMINAL_SQL}) AND created_at < ?"
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state NOT IN ({TERMINAL_SQL}) AND created_at < ?"
             " ORDER BY created_at LIMIT ?"
         )
         return await self._read(
