@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.catalog import APP_IDS, CATALOG
 from app.cors import cors
-from app.errors import error_response, unexpected_error
+from app.errors import client_gone, error_response, unexpected_error
 from app.observability import AccessRecorder
 from app.operations import FrontDoor, Operation, OpKind, per_request_operation, spending_operation
 from app.pipeline import handle
@@ -113,6 +113,8 @@ class FastPath:
                 response = await handle(scope["app"].state.gateway, op, request)
             except HTTPException as refused:
                 response = error_response(refused)
+            except ClientDisconnect:
+                response = client_gone(request)
             except Exception as exc:
                 # What Starlette's ServerErrorMiddleware does: a JSON 500, then re-raise for the server's log.
                 await (await unexpected_error(request, exc))(scope, receive, send)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -160,6 +161,29 @@ def test_one_json_log_line_per_request(emulator: Server) -> None:
         assert line["model"] == "kling-2.1-standard" and line["request_id"] == body["request_id"]
         assert line["caller_id"] == "127.0.0.1" and line["duration_ms"] >= 0
         assert any(e.get("operation") == "status" for e in entries if e.get("logger") == "falgate.access")
+    finally:
+        server.stop()
+
+
+def test_a_client_leaving_mid_body_is_499_not_an_error(emulator: Server) -> None:
+    # One path served by the fast path (a mirrored submit), one by a FastAPI route (fal's webhook receiver).
+    server = start_gateway(emulator, FALGATE_LOG_FORMAT="json")
+    paths = [f"/{KLING}", "/v1/fal/webhook"]
+    try:
+        for path in paths:
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                head = f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                sock.sendall(f"{head}Content-Length: 1000\r\n\r\n{{\"prompt\":".encode())
+                time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while True:
+            entries = [json.loads(line) for line in server.lines if line.startswith("{")]
+            access = {e["route"]: e["status"] for e in entries if e.get("logger") == "falgate.access"}
+            if all(path in access for path in paths) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert {path: access.get(path) for path in paths} == {path: 499 for path in paths}
+        assert [e for e in entries if e.get("level") == "error"] == []
     finally:
         server.stop()
 
