@@ -32,6 +32,7 @@ from app.errors import client_gone, error_response, unexpected_error
 from app.observability import AccessRecorder
 from app.operations import FrontDoor, Operation, OpKind, per_request_operation, spending_operation
 from app.pipeline import handle
+from app.routes import queue
 from app.routes.proxy import TARGET_HEADER
 from app.settings import Settings
 from app.target_url import parse_target
@@ -46,10 +47,10 @@ _PER_REQUEST_KINDS = {
 }
 # The same templates the FastAPI routes carry, so metrics and logs label a request the same either way.
 _TEMPLATES = {
-    OpKind.STREAM: "/{app_path:path}/requests/{request_id}/status/stream",
-    OpKind.STATUS: "/{app_path:path}/requests/{request_id}/status",
-    OpKind.CANCEL: "/{app_path:path}/requests/{request_id}/cancel",
-    OpKind.RESULT: "/{app_path:path}/requests/{request_id}",
+    OpKind.STREAM: queue.STREAM_PATH,
+    OpKind.STATUS: queue.STATUS_PATH,
+    OpKind.CANCEL: queue.CANCEL_PATH,
+    OpKind.RESULT: queue.RESULT_PATH,
 }
 _PROXY_METHODS = frozenset({"GET", "POST", "PUT"})
 _FACTORY_KEY = "falgate.operation_factory"

@@ -18,6 +18,12 @@ from app.state import GatewayDep
 
 router = APIRouter(tags=["queue (fal mirror)"])
 
+# The per-request paths, also app/fast_path.py's metric labels for the requests it serves.
+STREAM_PATH = "/{app_path:path}/requests/{request_id}/status/stream"
+STATUS_PATH = "/{app_path:path}/requests/{request_id}/status"
+CANCEL_PATH = "/{app_path:path}/requests/{request_id}/cancel"
+RESULT_PATH = "/{app_path:path}/requests/{request_id}"
+
 
 def _submit_route(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
     async def submit(request: Request, gateway: GatewayDep, fal_webhook: str | None = None) -> Response:
@@ -43,25 +49,25 @@ for _spec in CATALOG.values():
     )
 
 
-@router.get("/{app_path:path}/requests/{request_id}/status/stream", summary="Stream a request's status (SSE)")
+@router.get(STREAM_PATH, summary="Stream a request's status (SSE)")
 async def status_stream(app_path: str, request_id: str, request: Request, gateway: GatewayDep, logs: str | None = None) -> Response:
     op = per_request_operation(OpKind.STREAM, FrontDoor.REST, app_path, request_id, logs)
     return await handle(gateway, op, request)
 
 
-@router.get("/{app_path:path}/requests/{request_id}/status", summary="A request's status")
+@router.get(STATUS_PATH, summary="A request's status")
 async def status(app_path: str, request_id: str, request: Request, gateway: GatewayDep, logs: str | None = None) -> Response:
     op = per_request_operation(OpKind.STATUS, FrontDoor.REST, app_path, request_id, logs)
     return await handle(gateway, op, request)
 
 
-@router.put("/{app_path:path}/requests/{request_id}/cancel", summary="Cancel a request")
+@router.put(CANCEL_PATH, summary="Cancel a request")
 async def cancel(app_path: str, request_id: str, request: Request, gateway: GatewayDep) -> Response:
     op = per_request_operation(OpKind.CANCEL, FrontDoor.REST, app_path, request_id, None)
     return await handle(gateway, op, request)
 
 
-@router.get("/{app_path:path}/requests/{request_id}", summary="A request's result")
+@router.get(RESULT_PATH, summary="A request's result")
 async def result(app_path: str, request_id: str, request: Request, gateway: GatewayDep) -> Response:
     op = per_request_operation(OpKind.RESULT, FrontDoor.REST, app_path, request_id, None)
     return await handle(gateway, op, request)
