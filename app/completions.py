@@ -47,8 +47,6 @@ async def apply(gateway: Gateway, completion: Completion) -> None:
         await _queue_client_webhook(gateway, completion, record_.caller_id, record_.client_webhook)
 
 
-
-
 async def publish(gateway: Gateway, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
     event = await gateway.store.append_event(request_id, kind, data, terminal=terminal)
     if event is not None:

@@ -30,7 +30,6 @@ from app.state import Gateway
 log = logging.getLogger("falgate")
 
 
-
 class FalgateApp(FastAPI):
     """FastAPI, with the front doors' hot requests answered by app/fast_path.py before its middleware stack."""
 

@@ -50,34 +50,35 @@ class InProcessWindows:
     _MAX_KEYS = 100_000
 
     def __init__(self) -> None:
-        # key -> [window number, hits in the previous window, hits in the current one]
+        # key -> [period, window number, hits in the previous window, hits in the current one]
         self._windows: dict[str, list[int]] = {}
 
     def hit(self, key: str, limit: int, period: int, now: float) -> tuple[bool, float, int]:
         """(allowed, reset_at, remaining) after counting one hit, unless the limit is reached."""
         number = int(now // period)
         window = self._windows.get(key)
-        if window is None or window[0] < number - 1:
-            window = [number, 0, 0]
-        elif window[0] == number - 1:
-            window = [number, window[2], 0]
+        if window is None or window[1] < number - 1:
+            window = [period, number, 0, 0]
+        elif window[1] == number - 1:
+            window = [period, number, window[3], 0]
         left_in_window = period - now % period  # also how long the previous window still weighs
-        weighted = window[1] * left_in_window / period + window[2]
+        weighted = window[2] * left_in_window / period + window[3]
         allowed = math.floor(weighted) + 1 <= limit
         if allowed:
-            window[2] += 1
+            window[3] += 1
             weighted += 1
         if key not in self._windows and len(self._windows) >= self._MAX_KEYS:
-            self._forget_stale(now, period)
+            self._forget_stale(now)
         self._windows[key] = window
-        resets = [left_in_window % period] if window[2] else []
-        if window[1]:
-            resets.append(left_in_window % (period / window[1]))
+        resets = [left_in_window % period] if window[3] else []
+        if window[2]:
+            resets.append(left_in_window % (period / window[2]))
         return allowed, now + min(resets, default=0.0), max(0, limit - math.floor(weighted))
 
-    def _forget_stale(self, now: float, period: int) -> None:
-        current = int(now // period)
-        for key in [k for k, w in self._windows.items() if w[0] < current - 1]:
+    def _forget_stale(self, now: float) -> None:
+        # Stale by each key's own period: an hourly window is not old because a per-second one is.
+        stale = [key for key, (period, number, _, _) in self._windows.items() if number < int(now // period) - 1]
+        for key in stale:
             del self._windows[key]
 
 

@@ -55,3 +55,13 @@ def _our_answers(item_text: str, times: list[float]) -> list[tuple[bool, int, in
 )
 def test_same_decisions_remaining_and_reset_as_limits(item_text: str, times: list[float]) -> None:
     assert _our_answers(item_text, times) == _limits_answers(item_text, times)
+
+
+def test_forgetting_stale_windows_keeps_a_live_longer_one() -> None:
+    windows = InProcessWindows()
+    windows._MAX_KEYS = 3  # type: ignore[misc]  # small, so the cleanup runs
+    assert windows.hit("alice/submit", 1, 3600, 7200.0)[0]  # an hourly limit, used up
+    for i in range(4):  # per-second keys, old by the time the cleanup runs
+        windows.hit(f"bob{i}/read", 5, 1, 7200.0)
+    allowed, _, remaining = windows.hit("alice/submit", 1, 3600, 7205.0)
+    assert (allowed, remaining) == (False, 0)
