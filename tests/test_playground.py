@@ -1,9 +1,9 @@
 """The playground at `/`: when it is served, and a real headless Chromium driving it end to end.
 
-The browser runs against a real gateway in front of the emulator (jobs of ~1 s): it uploads generated PNGs
-through the gateway, submits to two models, follows the request over the gateway's Server-Sent Events,
-plays the resulting MP4, and shows both the browser's and the gateway's validation errors next to the
-field. Screenshots go to tests/artifacts/.
+The browser runs against a real gateway in front of an emulator of its own (jobs of 3 s): it uploads
+generated PNGs through the gateway, submits to two models, follows the request over the gateway's
+Server-Sent Events, plays the resulting MP4, and shows both the browser's and the gateway's validation
+errors next to the field. Screenshots go to tests/artifacts/.
 
 Chromium is Debian's (`apt-get install chromium`, done by .ci/run), never a Playwright download.
 """
@@ -27,7 +27,7 @@ import pytest
 from app.keys import new_api_key
 from app.routes.playground import playground_enabled
 from app.settings import Settings
-from tests.servers import ROOT, Server, free_port, start_gateway
+from tests.servers import ROOT, Server, free_port, start_emulator, start_gateway
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Locator, Request
@@ -159,10 +159,23 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
+# Long enough that the page's EventSource is open before the job logs anything, even on a loaded CI
+# machine: with the suite's 1 s jobs, fal's webhook sometimes finished the job before the browser had
+# connected, and the page (rightly) showed no log lines.
+PLAYGROUND_JOB_SECONDS = 3.0
+
+
 @pytest.fixture(scope="module")
-def playground(emulator: Server) -> Iterator[Server]:
+def playground_emulator() -> Iterator[Server]:
+    server = start_emulator(job_seconds=PLAYGROUND_JOB_SECONDS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def playground(playground_emulator: Server) -> Iterator[Server]:
     # The shared test gateway runs in live mode (against the emulator), where the playground is off.
-    server = start_gateway(emulator, FALGATE_PLAYGROUND="true")
+    server = start_gateway(playground_emulator, FALGATE_PLAYGROUND="true")
     yield server
     server.stop()
 
@@ -230,7 +243,7 @@ class Session:
         assert status == 200, body
         self.page.wait_for_selector('#run[data-state="completed"]')
         timeline = self.page.inner_text("#timeline")
-        # The live states came from the event stream (jobs last ~1 s, so at least one is seen).
+        # The live states and log lines came from the event stream (the page connects well within a job).
         assert re.search(r"IN_QUEUE|IN_PROGRESS", timeline), timeline
         assert self.page.locator("#logs li").count() >= 1
         video = self.page.evaluate(PLAY_VIDEO_JS)
@@ -243,7 +256,8 @@ class Session:
         return body
 
 
-def test_playground_end_to_end_in_chromium(browser: Browser, playground: Server, emulator: Server) -> None:
+def test_playground_end_to_end_in_chromium(browser: Browser, playground: Server, playground_emulator: Server) -> None:
+    emulator = playground_emulator
     session = Session(browser, playground.url, [playground.url, emulator.url])
     page = session.page
     try:
@@ -296,7 +310,8 @@ def test_playground_end_to_end_in_chromium(browser: Browser, playground: Server,
         session.close()
 
 
-def test_playground_with_authentication(browser: Browser, emulator: Server) -> None:
+def test_playground_with_authentication(browser: Browser, playground_emulator: Server) -> None:
+    emulator = playground_emulator
     key, entry = new_api_key("playground-tester")
     server = start_gateway(emulator, FALGATE_PLAYGROUND="true", FALGATE_AUTH="api_key", FALGATE_API_KEYS=entry)
     session = Session(browser, server.url, [server.url, emulator.url])
