@@ -1,9 +1,10 @@
 """The one client that talks to fal: builds upstream URLs, injects the key, maps failures, retries reads.
 
-It is aiohttp's client, used directly. httpx (also on aiohttp's transport) cost about 3x the CPU per call
-in bench/client_stack.py, more than the whole budget of a status poll at the throughput bench/ asks for;
-httpx stays the client for everything else (JWKS, fal's webhook keys, the emulator, the tests).
-Callers never see an aiohttp type: answers are `UpstreamResponse`, failures are `GatewayError`s.
+It is pyreqwest (Rust's reqwest and hyper, rustls for TLS) with its own pool. Per call it cost about
+half the event-loop CPU of aiohttp's client and a fifth of httpx's in bench/client_stack.py, and the
+client was the largest share of a submit's CPU (bench/README.md, "The upstream client stack"); httpx
+stays the client for everything else (JWKS, fal's webhook keys, the emulator, the tests).
+Callers never see a pyreqwest type: answers are `UpstreamResponse`, failures are `GatewayError`s.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
-from multidict import CIMultiDictProxy
-from yarl import URL
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import ConnectError, PyreqwestError
+from pyreqwest.request import StreamRequest
+from pyreqwest.response import Response
 
 from app.errors import UpstreamTimeout, UpstreamUnavailable
 from app.metrics import Metrics
@@ -46,26 +50,30 @@ class UpstreamCall:
     method: str
     url: str
     params: Mapping[str, str]
-    timeout: aiohttp.ClientTimeout
+    # The whole call, answer included; None for a status stream, bounded per read instead (`aiter_raw`).
+    timeout: timedelta | None
 
 
 class UpstreamResponse:
-    """fal's answer: status, headers (case-insensitive) and the body, read whole unless streamed."""
+    """fal's answer: status, headers (case-insensitive; `items()` yields every value) and the body, read
+    whole unless streamed."""
 
-    __slots__ = ("status_code", "headers", "content", "_stream", "_op")
+    __slots__ = ("status_code", "headers", "content", "_stream", "_request", "_idle_seconds", "_op")
 
     def __init__(
         self,
         status_code: int,
-        headers: CIMultiDictProxy[str],
+        headers: Mapping[str, str],
         content: bytes = b"",
-        stream: aiohttp.ClientResponse | None = None,
+        stream: tuple[StreamRequest, Response] | None = None,
+        idle_seconds: float = 0.0,
         op: Operation | None = None,
     ) -> None:
         self.status_code = status_code
         self.headers = headers
         self.content = content
-        self._stream = stream
+        self._request, self._stream = stream if stream is not None else (None, None)
+        self._idle_seconds = idle_seconds
         self._op = op
 
     @property
@@ -77,16 +85,22 @@ class UpstreamResponse:
         if self._stream is None:
             yield self.content
             return
+        reader = self._stream.body_reader
         try:
-            async for chunk in self._stream.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            while True:
+                async with asyncio.timeout(self._idle_seconds):
+                    chunk = await reader.read_chunk()
+                if chunk is None:
+                    return
+                yield bytes(chunk)
+        except (PyreqwestError, TimeoutError) as exc:
             raise _mapped(exc, self._op) from None
 
     async def aclose(self) -> None:
-        if self._stream is not None:
-            # close, not release: a stream left mid-body must not go back to the pool.
-            self._stream.close()
+        if self._request is not None:
+            # Dropping a body left mid-stream closes its connection: it never goes back to the pool.
+            request, self._request, self._stream = self._request, None, None
+            await request.__aexit__(None, None, None)
 
 
 class UpstreamClient:
@@ -95,44 +109,49 @@ class UpstreamClient:
         self._metrics = metrics
         # The child of each label set, once: prometheus_client's labels() locks and validates per call.
         self._latency = {kind: metrics.upstream_latency.labels(operation=kind.value) for kind in OpKind} if metrics else {}
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0),
-            cookie_jar=aiohttp.DummyCookieJar(),  # fal's cookies are none of our business, nor the caller's
-            auto_decompress=False,  # bodies are relayed as fal sent them (we ask for identity anyway)
-            trust_env=False,
+        connect = settings.upstream_connect_timeout
+        self._client: Client = (
+            ClientBuilder()
+            .max_connections(settings.upstream_max_connections)
+            .connect_timeout(timedelta(seconds=connect))
+            # Waiting for a free pooled connection counts against the call.
+            .pool_timeout(timedelta(seconds=settings.upstream_timeout))
+            .follow_redirects(False)
+            .default_cookie_store(False)  # fal's cookies are none of our business, nor the caller's
+            # Bodies are relayed as fal sent them, and sometimes rewritten: ask for identity, decode nothing.
+            .gzip(False)
+            .brotli(False)
+            .zstd(False)
+            .deflate(False)
+            .no_proxy()  # no proxy from the environment: fal's key goes where the settings say
+            .http1_only()
+            .user_agent("falgate")
+            .build()
         )
         self._auth = f"Key {settings.upstream_key}"
-        connect = settings.upstream_connect_timeout
-        # `connect` also bounds the wait for a free pooled connection; `sock_read` is the idle read timeout.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.upstream_timeout
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.stream_idle_timeout
-        )
-        self._run_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.upstream_timeout + connect, sock_connect=connect, sock_read=settings.run_timeout
-        )
+        # A call's whole time, connecting (bounded on its own above) and reading the answer included.
+        self._call_timeout = timedelta(seconds=settings.upstream_timeout)
+        self._run_timeout = timedelta(seconds=settings.run_timeout)
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._client.close()
 
     def plan(self, op: Operation) -> UpstreamCall:
         s = self._settings
         if op.kind in (OpKind.SUBMIT, OpKind.RUN):
             base = s.fal_queue_url if op.kind is OpKind.SUBMIT else s.fal_run_url
-            timeout = self._timeout if op.kind is OpKind.SUBMIT else self._run_timeout
+            timeout = self._call_timeout if op.kind is OpKind.SUBMIT else self._run_timeout
             return UpstreamCall("POST", f"{base}/{op.model_id}", op.params, timeout)
         if op.kind is OpKind.UPLOAD_INITIATE:
-            return UpstreamCall("POST", f"{s.fal_rest_url}/storage/upload/initiate", op.params, self._timeout)
+            return UpstreamCall("POST", f"{s.fal_rest_url}/storage/upload/initiate", op.params, self._call_timeout)
         if op.kind is OpKind.TOKEN:
-            return UpstreamCall("POST", f"{s.fal_rest_url}/tokens/", {}, self._timeout)
+            return UpstreamCall("POST", f"{s.fal_rest_url}/tokens/", {}, self._call_timeout)
         base = f"{s.fal_queue_url}/{op.app_id}/requests/{op.request_id}"
         method, url, timeout = {
-            OpKind.STATUS: ("GET", f"{base}/status", self._timeout),
-            OpKind.STREAM: ("GET", f"{base}/status/stream", self._stream_timeout),
-            OpKind.RESULT: ("GET", base, self._timeout),
-            OpKind.CANCEL: ("PUT", f"{base}/cancel", self._timeout),
+            OpKind.STATUS: ("GET", f"{base}/status", self._call_timeout),
+            OpKind.STREAM: ("GET", f"{base}/status/stream", None),
+            OpKind.RESULT: ("GET", base, self._call_timeout),
+            OpKind.CANCEL: ("PUT", f"{base}/cancel", self._call_timeout),
         }[op.kind]
         return UpstreamCall(method, url, op.params, timeout)
 
@@ -140,7 +159,6 @@ class UpstreamClient:
         out = {k: v for k, v in caller_headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
         out["authorization"] = self._auth
         out["accept-encoding"] = "identity"  # bodies are relayed and sometimes rewritten: keep them plain
-        out["user-agent"] = "falgate"
         if has_body:
             out["content-type"] = "application/json"
         return out
@@ -157,7 +175,7 @@ class UpstreamClient:
             started = time.perf_counter()
             try:
                 response = await self._send_once(call, url, headers, body, op, stream)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (PyreqwestError, TimeoutError) as exc:
                 if self._metrics is not None:
                     kind = "timeout" if isinstance(exc, TimeoutError) else "connection"
                     self._metrics.upstream_errors.labels(operation=op.kind.value, kind=kind).inc()
@@ -173,18 +191,23 @@ class UpstreamClient:
         raise AssertionError("unreachable")
 
     async def _send_once(
-        self, call: UpstreamCall, url: URL, headers: dict[str, str], body: bytes | None, op: Operation, stream: bool
+        self, call: UpstreamCall, url: str, headers: dict[str, str], body: bytes | None, op: Operation, stream: bool
     ) -> UpstreamResponse:
-        response = await self._session.request(
-            call.method, url, headers=headers, data=body, allow_redirects=False, timeout=call.timeout
-        )
+        builder = self._client.request(call.method, url).headers(headers)
+        if body is not None:
+            builder = builder.body_bytes(body)
+        if call.timeout is not None:
+            builder = builder.timeout(call.timeout)
         if stream:
-            return UpstreamResponse(response.status, response.headers, stream=response, op=op)
-        try:
-            content = await response.read()
-        finally:
-            response.release()
-        return UpstreamResponse(response.status, response.headers, content)
+            # No read-ahead: by default pyreqwest buffers some body before answering, holding back events.
+            request = builder.streamed_read_buffer_limit(0).build_streamed()
+            # Until fal answers, a stream is bounded like any call; after that, per read (idle timeout).
+            async with asyncio.timeout(self._call_timeout.total_seconds()):
+                response = await request.__aenter__()
+            idle = self._settings.stream_idle_timeout
+            return UpstreamResponse(response.status, response.headers, stream=(request, response), idle_seconds=idle, op=op)
+        response = await builder.build().send()
+        return UpstreamResponse(response.status, response.headers, bytes(await response.bytes()))
 
     async def put_signed(self, url: str, content_type: str, body: AsyncIterable[bytes], size: int) -> UpstreamResponse:
         """PUT a file to a signed storage URL fal handed out, streaming `body` (exactly `size` bytes).
@@ -192,34 +215,31 @@ class UpstreamClient:
         No fal key: the signature in the URL is the authorization, and the key must never reach a storage
         host. No retries: the URL may be single-use and `body` can only be read once.
         """
-        # The read timeout bounds the wait for the answer, not the sending of the body: cap the whole PUT
-        # too, generously, so a storage host that stops reading cannot hold the request forever.
+        # The whole PUT is capped, generously, so a storage host that stops reading cannot hold it forever.
         total_seconds = max(self._settings.upstream_timeout, 300.0)
         headers = {
             "content-type": content_type,
             # A declared length (not chunked encoding): signed-URL stores commonly refuse chunked PUTs.
             "content-length": str(size),
             "accept-encoding": "identity",
-            "user-agent": "falgate",
         }
         try:
-            async with asyncio.timeout(total_seconds):
-                # encoded=True: the signature must reach the store exactly as fal wrote it, never re-quoted.
-                async with self._session.put(
-                    URL(url, encoded=True), data=body, headers=headers, allow_redirects=False, timeout=self._timeout
-                ) as response:
-                    return UpstreamResponse(response.status, response.headers, await response.read())
+            # The URL goes as fal wrote it: reqwest's parser keeps percent-escapes, so the signature is intact.
+            request = (
+                self._client.put(url).headers(headers).body_stream(body).timeout(timedelta(seconds=total_seconds)).build()
+            )
+            response = await request.send()
+            return UpstreamResponse(response.status, response.headers, bytes(await response.bytes()))
         except TimeoutError:
             log.warning("upstream signed upload took longer than %ss", total_seconds)
             raise UpstreamTimeout("fal storage did not take the file in time", error_type="upstream_timeout") from None
-        except (aiohttp.ClientError, ValueError) as exc:
+        except (PyreqwestError, ValueError) as exc:
             raise _mapped(exc, None) from None
 
 
-def _url(call: UpstreamCall) -> URL:
+def _url(call: UpstreamCall) -> str:
     # The path is built from catalog ids and a checked request id; only the query needs quoting, once.
-    raw = f"{call.url}?{_query(tuple(call.params.items()))}" if call.params else call.url
-    return URL(raw, encoded=True)
+    return f"{call.url}?{_query(tuple(call.params.items()))}" if call.params else call.url
 
 
 @functools.lru_cache(maxsize=256)
@@ -239,7 +259,17 @@ def _may_retry(op: Operation, exc: BaseException) -> bool:
         return True
     # Anything that spends or changes state is re-sent only if the connection never opened:
     # then its bytes cannot have reached fal.
-    return isinstance(exc, aiohttp.ClientConnectorError)
+    return _never_connected(exc)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """True only when no connection was made. pyreqwest raises ConnectError also for a connection that
+    closed after the request was written (hyper's "SendRequest" kind), when fal may well have the bytes;
+    only hyper's "Connect" kind in the causes proves it never got them."""
+    if not isinstance(exc, ConnectError):
+        return False
+    causes: list[Any] = exc.details.get("causes") or []
+    return any(isinstance(cause, dict) and cause.get("message") == "client error (Connect)" for cause in causes)
 
 
 def _mapped(exc: BaseException, op: Operation | None) -> UpstreamTimeout | UpstreamUnavailable:

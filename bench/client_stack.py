@@ -6,6 +6,8 @@ at the fake fal upstream (bench/upstream/server.mjs) through:
   (a) httpx.AsyncClient with its default transport (httpcore)
   (b) httpx.AsyncClient with httpx_aiohttp.AiohttpTransport (httpx API on an aiohttp pool)
   (c) aiohttp.ClientSession directly
+  (d) pyreqwest (Rust's reqwest and hyper; what app/upstream.py uses)
+  (e) aiosonic (a pure-Python asyncio client that advertises speed)
 
 and prints requests/s, p50 and p99 for each. Each client reads and JSON-decodes the body, as a proxy
 that rewrites URLs would. This script pins itself to one core and the upstream to the other (when the
@@ -132,7 +134,47 @@ async def bench_aiohttp(url: str, total: int, conc: int) -> dict:
         return await drive("aiohttp (raw)", fetch, total, conc)
 
 
-STACKS = {"httpx": bench_httpx_default, "httpx-aiohttp": bench_httpx_aiohttp, "aiohttp": bench_aiohttp}
+async def bench_pyreqwest(url: str, total: int, conc: int) -> dict:
+    from pyreqwest.client import ClientBuilder
+
+    async with ClientBuilder().base_url(url).max_connections(conc).build() as client:
+
+        async def fetch() -> None:
+            r = await client.get(STATUS_PATH).headers(HEADERS).build().send()
+            body = bytes(await r.bytes())
+            json.loads(body)
+            assert r.status == 202, r.status
+
+        await drive("warmup", fetch, min(total // 10, 2000), conc)
+        return await drive("pyreqwest (Rust reqwest)", fetch, total, conc)
+
+
+async def bench_aiosonic(url: str, total: int, conc: int) -> dict:
+    import aiosonic
+
+    connector = aiosonic.TCPConnector(pool_configs={":default": {"size": conc}})
+    client = aiosonic.HTTPClient(connector=connector)
+    try:
+
+        async def fetch() -> None:
+            r = await client.get(url + STATUS_PATH, headers=HEADERS)
+            body = await r.content()
+            json.loads(body)
+            assert r.status_code == 202, r.status_code
+
+        await drive("warmup", fetch, min(total // 10, 2000), conc)
+        return await drive("aiosonic", fetch, total, conc)
+    finally:
+        await client.connector.cleanup()
+
+
+STACKS = {
+    "httpx": bench_httpx_default,
+    "httpx-aiohttp": bench_httpx_aiohttp,
+    "aiohttp": bench_aiohttp,
+    "pyreqwest": bench_pyreqwest,
+    "aiosonic": bench_aiosonic,
+}
 
 
 def start_upstream(port: int) -> subprocess.Popen:

@@ -60,6 +60,20 @@ def test_submit_slow_upstream_is_504_and_sent_once(impatient_gateway: Server, up
         upstream.clear_faults()
 
 
+def test_submit_dropped_after_sending_is_502_and_sent_once(impatient_gateway: Server, upstream: Upstream) -> None:
+    # fal read the whole submit, then the connection closed without an answer: the job may be running.
+    with leak_checked_client(impatient_gateway.url) as client:
+        upstream.clear()
+        upstream.fault(drop=True, times=5, path_contains="image-to-video", method="POST")
+        response = client.post(f"/{KLING}", json=VALID_BODIES[KLING])
+        assert response.status_code == 502, response.text
+        assert response.json()["error_type"] == "upstream_unavailable"
+        time.sleep(0.3)
+        submits = [r for r in upstream.requests() if r["method"] == "POST"]
+        assert len(submits) == 1, "a submit whose bytes reached fal is never re-sent"
+        upstream.clear_faults()
+
+
 def test_dropped_connection_on_read_is_retried(impatient_gateway: Server, upstream: Upstream) -> None:
     with leak_checked_client(impatient_gateway.url) as client:
         body = _submit(client)
