@@ -1,9 +1,10 @@
 """The one client that talks to fal: builds upstream URLs, injects the key, maps failures, retries reads.
 
-It is pyreqwest (Rust's reqwest and hyper, rustls for TLS) with its own pool. Per call it cost about
-half the event-loop CPU of aiohttp's client and a fifth of httpx's in bench/client_stack.py, and the
-client was the largest share of a submit's CPU (bench/README.md, "The upstream client stack"); httpx
-stays the client for everything else (JWKS, fal's webhook keys, the emulator, the tests).
+It is pyreqwest (Rust's reqwest and hyper, rustls for TLS) with its own pool. On one core it served
+about 3x the calls of aiohttp's client and 10x those of httpx on aiohttp's transport in
+bench/client_stack.py, and the client had been the largest share of a submit's CPU (bench/README.md).
+httpx stays the client for JWKS, fal's webhook keys, the emulator and the tests; aiohttp for client
+webhooks (app/webhook_delivery.py).
 Callers never see a pyreqwest type: answers are `UpstreamResponse`, failures are `GatewayError`s.
 """
 
