@@ -10,8 +10,8 @@ import uvicorn
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from app.logs import configure_logging, register_secret
     from app.main import create_app, load_settings
+    from app.ops.logs import configure_logging, register_secret
 
     settings = load_settings()
     if args.host:
@@ -40,7 +40,7 @@ def _emulator(args: argparse.Namespace) -> None:
 
 
 def _keys_new(args: argparse.Namespace) -> None:
-    from app.keys import new_api_key
+    from app.callers.keys import new_api_key
 
     try:
         key, entry = new_api_key(args.caller_id)

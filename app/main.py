@@ -16,22 +16,26 @@ from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from app.catalog import CATALOG
-from app.cors import cors_options
+from app.catalog.models import CATALOG
+from app.doors import proxy, queue
+from app.doors.fast_path import FastPath
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
-from app.fast_path import FastPath
-from app.metrics import Metrics
-from app.observability import AccessRecorder, RequestObserver
-from app.routes import callers, catalog, deliveries, events, fal_webhooks, health, playground, proxy, queue, storage
+from app.gateway import open_gateway
+from app.ops import health
+from app.ops.access import AccessRecorder, RequestObserver
+from app.ops.cors import cors_options
+from app.ops.metrics import Metrics
+from app.relay import fal_webhook as fal_webhooks
+from app.relay import sinks as events
 from app.settings import EMULATOR_MOUNT, Settings
-from app.state import Gateway
+from app.web import callers, catalog, deliveries, playground, storage
 
 log = logging.getLogger("falgate")
 
 
 class FalgateApp(FastAPI):
-    """FastAPI, with the front doors' hot requests answered by app/fast_path.py before its middleware stack."""
+    """FastAPI, with the front doors' hot requests answered by app/doors/fast_path.py before its middleware stack."""
 
     fast_path: FastPath | None = None
 
@@ -69,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FalgateApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = await Gateway.open(settings, metrics)
+        gateway = await open_gateway(settings, metrics)
         app.state.gateway = gateway
         gateway.start()
         if emulator is not None:

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_prompt_length: int = Field(default=2500, gt=0)
     allow_unknown_fields: bool = False
     allow_token_minting: bool = False
-    prices: str | None = None  # JSON {"model slug": USD per billing unit}, merged over app.billing.DEFAULT_PRICES
+    prices: str | None = None  # JSON {"model slug": USD per billing unit}, merged over app.catalog.billing.DEFAULT_PRICES
 
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_timeout: float = Field(default=30.0, gt=0)
@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _valid_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        from app.webhook_delivery import check_secret
+        from app.relay.client_webhooks import check_secret
 
         if value is not None:
             check_secret(value.get_secret_value())
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     @field_validator("prices")
     @classmethod
     def _valid_prices(cls, value: str | None) -> str | None:
-        from app.billing import parse_price_table
+        from app.catalog.billing import parse_price_table
 
         parse_price_table(value)
         return value
@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys")
     @classmethod
     def _valid_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
-        from app.auth.api_keys import ApiKeyTable
+        from app.callers.api_keys import ApiKeyTable
 
         if value is not None:
             ApiKeyTable.parse(value.get_secret_value())  # its errors name entries by position, never by content

@@ -6,7 +6,7 @@ at the fake fal upstream (bench/upstream/server.mjs) through:
   (a) httpx.AsyncClient with its default transport (httpcore)
   (b) httpx.AsyncClient with httpx_aiohttp.AiohttpTransport (httpx API on an aiohttp pool)
   (c) aiohttp.ClientSession directly
-  (d) pyreqwest (Rust's reqwest and hyper; what app/upstream.py uses)
+  (d) pyreqwest (Rust's reqwest and hyper; what app/fal/upstream.py uses)
   (e) aiosonic (a pure-Python asyncio client that advertises speed)
 
 and prints requests/s, p50 and p99 for each. Each client reads and JSON-decodes the body, as a proxy

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from app.emulator.signing import WebhookSigner
-from app.webhook_delivery import new_secret
+from app.relay.client_webhooks import new_secret
 from tests.invalid_bodies import VALID_BODIES
 from tests.servers import Server
 

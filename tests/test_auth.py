@@ -41,7 +41,7 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from app.auth import Authenticator, Caller
+from app.callers.authenticator import Authenticator, Caller
 from app.emulator.control import MASKED_KEY
 from app.errors import GatewayError, Unauthorized, install_error_handlers
 from app.responses import JSONResponse

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.billing import (
+from app.catalog.billing import (
     DEFAULT_PRICES,
     BillingRule,
     BlocksFactor,
@@ -15,22 +15,11 @@ from app.billing import (
     FactorRule,
     PerSecondRule,
     ThresholdFactor,
-    estimate_cost,
     parse_price_table,
 )
-from app.catalog import CATALOG
-from tests.invalid_bodies import (
-    HAILUO,
-    KLING,
-    LUMA,
-    MAGI,
-    PIXVERSE,
-    SEEDANCE,
-    VALID_BODIES,
-    VEO2,
-    WAN_I2V,
-    WAN_PRO,
-)
+from app.catalog.models import CATALOG
+from app.catalog.spec import estimate_cost
+from tests.invalid_bodies import HAILUO, KLING, LUMA, MAGI, PIXVERSE, SEEDANCE, VALID_BODIES, VEO2, WAN_I2V, WAN_PRO
 
 
 def _units(model_id: str, **fields: Any) -> float:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from app.bus import BusUnavailable, EventBus, Subscription, follow, open_bus
-from app.bus.memory import MemoryBus
-from app.bus.redis import RedisBus
-from app.leases import Leases, MemoryLeases, RedisLeases, open_leases
+from app.relay.bus import BusUnavailable, EventBus, Subscription, follow, open_bus
+from app.relay.bus.memory import MemoryBus
+from app.relay.bus.redis import RedisBus
+from app.relay.leases import Leases, MemoryLeases, RedisLeases, open_leases
 from app.store import Event, StoreUnavailable, open_store
 from tests.store_backends import REDIS_URL
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.emulator.signing import WebhookSigner
-from app.fal_signatures import MAX_KEYS, FalWebhookVerifier, VerifiedDelivery, WebhookRejected, public_jwk
+from app.fal.signatures import MAX_KEYS, FalWebhookVerifier, VerifiedDelivery, WebhookRejected, public_jwk
 from tests.servers import CANARY_FAL_KEY, Server, free_port
 
 BODY = b'{"request_id":"req-1","status":"OK","payload":{"video":{"url":"https://x/v.mp4"}}}'

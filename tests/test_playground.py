@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from app.keys import new_api_key
-from app.routes.playground import playground_enabled
+from app.callers.keys import new_api_key
 from app.settings import Settings
+from app.web.playground import playground_enabled
 from tests.servers import ROOT, Server, free_port, start_emulator, start_gateway
 
 if TYPE_CHECKING:

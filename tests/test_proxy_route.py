@@ -223,7 +223,7 @@ def test_hostile_target_is_refused(proxy: httpx.Client, fal_log: FalLog, method:
 
 def _split_step_by_step(raw: str) -> object:
     """`_split` with its one-step match turned off: the checks that name a refusal's reason."""
-    from app import target_url
+    from app.doors import target_url
 
     saved, target_url._PLAIN_TARGET = target_url._PLAIN_TARGET, re.compile(r"(?!)")
     try:
@@ -237,7 +237,7 @@ def _split_step_by_step(raw: str) -> object:
 def test_the_one_step_match_accepts_nothing_the_step_by_step_checks_refuse() -> None:
     # The hot path classifies an everyday target with one regex; it must agree with the full checks
     # on every spelling, hostile or not (else a target could slip past them on the fast path).
-    from app.target_url import TargetRefused, _split
+    from app.doors.target_url import TargetRefused, _split
 
     def one_step(raw: str) -> object:
         try:

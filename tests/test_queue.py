@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from app.catalog import CATALOG
+from app.catalog.models import CATALOG
 from tests.conftest import Upstream, wait_completed
 from tests.invalid_bodies import VALID_BODIES
 from tests.servers import Server

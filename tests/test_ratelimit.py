@@ -1,6 +1,6 @@
 """The in-process sliding-window counter against `limits`' own, hit for hit.
 
-The embedded store counts windows in a dict (app/ratelimit.py) instead of `limits`' memory storage, for
+The embedded store counts windows in a dict (app/callers/ratelimit.py) instead of `limits`' memory storage, for
 speed; callers must not be able to tell: same decisions, same remaining counts, same reset times.
 """
 
@@ -14,7 +14,7 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from app.ratelimit import InProcessWindows
+from app.callers.ratelimit import InProcessWindows
 
 
 def _limits_answers(item_text: str, times: list[float]) -> list[tuple[bool, int, int]]:

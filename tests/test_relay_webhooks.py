@@ -20,7 +20,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from app.emulator.signing import WebhookSigner
-from app.webhook_delivery import new_secret
+from app.relay.client_webhooks import new_secret
 from tests.conftest import Upstream
 from tests.relay_helpers import (
     KLING,

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from app.uploads import SPOOL_PREFIX, safe_file_name, sniff_image
+from app.fal.storage import SPOOL_PREFIX, safe_file_name, sniff_image
 from tests.conftest import Upstream, leak_checked_client
 from tests.servers import CANARY_FAL_KEY, Server, free_port, start_gateway
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from app.webhook_delivery import (
+from app.relay.client_webhooks import (
     MAX_ATTEMPTS,
     TargetRefused,
     WebhookSender,

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from . import control, routes_queue, routes_rest
+from . import control_routes, routes_queue, routes_rest
 from .config import EmulatorConfig
 from .middleware import UpstreamGate
 from .runtime import EmulatorRuntime
@@ -38,7 +38,7 @@ def create_emulator_app(config: EmulatorConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(control.router)
+    app.include_router(control_routes.router)
     app.include_router(routes_queue.router)
     app.include_router(routes_rest.router)
     app.add_middleware(UpstreamGate, runtime=runtime)

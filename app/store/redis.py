@@ -49,7 +49,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
-from app.store.redis_relay import RedisRelay, completion_from_json
+from app.store.redis_events import RedisRelay, completion_from_json
 
 DEFAULT_PREFIX = "falgate:"
 

@@ -43,7 +43,7 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_checkpoint import Checkpointer
-from app.store.sqlite_relay import SQLiteRelay
+from app.store.sqlite_events import SQLiteRelay
 from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
 from app.store.sqlite_worker import Worker
 

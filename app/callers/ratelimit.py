@@ -1,0 +1,126 @@
+"""Per-caller rate limits by operation class, shared by every replica when the store is Redis.
+
+Buckets are keyed by caller id and operation class (submit or read), never by URL: a bucket per request
+id would be no limit at all. This uses `limits.aio`, the engine slowapi is built on, directly: slowapi's
+own check path is synchronous (laurentS/slowapi#3, #130) and would block the event loop on Redis.
+Answers carry the IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from app.errors import TooManyRequests
+from app.pipeline.operations import SPENDING_KINDS, OpKind
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    policy: str
+    limit: int
+    remaining: int
+    reset_seconds: int
+    window: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "ratelimit-policy": f'"{self.policy}";q={self.limit};w={self.window}',
+            "ratelimit": f'"{self.policy}";r={self.remaining};t={self.reset_seconds}',
+        }
+
+
+def operation_class(kind: OpKind) -> str:
+    return "submit" if kind in SPENDING_KINDS or kind is OpKind.UPLOAD_INITIATE else "read"
+
+
+class InProcessWindows:
+    """Sliding-window counters for one process, with the arithmetic of `limits`' sliding-window counter.
+
+    The embedded store's deployment is one process, so its windows can live in a dict. `limits`' memory
+    storage does the same job at several times the cost per request (bench/README.md): a lock per key,
+    a timer thread re-armed for expiry, and a second call for the remaining count.
+    """
+
+    _MAX_KEYS = 100_000
+
+    def __init__(self) -> None:
+        # key -> [period, window number, hits in the previous window, hits in the current one]
+        self._windows: dict[str, list[int]] = {}
+
+    def hit(self, key: str, limit: int, period: int, now: float) -> tuple[bool, float, int]:
+        """(allowed, reset_at, remaining) after counting one hit, unless the limit is reached."""
+        number = int(now // period)
+        window = self._windows.get(key)
+        if window is None or window[1] < number - 1:
+            window = [period, number, 0, 0]
+        elif window[1] == number - 1:
+            window = [period, number, window[3], 0]
+        left_in_window = period - now % period  # also how long the previous window still weighs
+        weighted = window[2] * left_in_window / period + window[3]
+        allowed = math.floor(weighted) + 1 <= limit
+        if allowed:
+            window[3] += 1
+            weighted += 1
+        if key not in self._windows and len(self._windows) >= self._MAX_KEYS:
+            self._forget_stale(now)
+        self._windows[key] = window
+        resets = [left_in_window % period] if window[3] else []
+        if window[2]:
+            resets.append(left_in_window % (period / window[2]))
+        return allowed, now + min(resets, default=0.0), max(0, limit - math.floor(weighted))
+
+    def _forget_stale(self, now: float) -> None:
+        # Stale by each key's own period: an hourly window is not old because a per-second one is.
+        stale = [key for key, (period, number, _, _) in self._windows.items() if number < int(now // period) - 1]
+        for key in stale:
+            del self._windows[key]
+
+
+class RateLimiter:
+    def __init__(self, storage: Storage | InProcessWindows, submit: str, read: str) -> None:
+        self._storage = storage
+        # A sliding-window counter is O(1) per hit on both storages; a moving window keeps every hit of
+        # the window in a list (O(limit) memory and time per hit at generous limits).
+        self._strategy = None if isinstance(storage, InProcessWindows) else SlidingWindowCounterRateLimiter(storage)
+        self._items: dict[str, RateLimitItem] = {"submit": parse(submit), "read": parse(read)}
+
+    @classmethod
+    def for_store(cls, store_url: str, submit: str, read: str) -> RateLimiter:
+        if store_url.startswith(("redis://", "rediss://")):
+            storage: Storage | InProcessWindows = RedisStorage(
+                "async+" + store_url, implementation="redispy", key_prefix="falgate-ratelimit"
+            )
+        else:
+            # The embedded store is one process: an in-memory window is exact there.
+            storage = InProcessWindows()
+        return cls(storage, submit, read)
+
+    async def hit(self, caller_id: str, policy: str) -> Verdict:
+        """Count one request against the caller's bucket, or raise 429 without counting it."""
+        item = self._items[policy]
+        now = time.time()
+        if self._strategy is None:
+            assert isinstance(self._storage, InProcessWindows)
+            key = item.key_for(caller_id, policy)
+            allowed, reset_at, remaining = self._storage.hit(key, item.amount, item.get_expiry(), now)
+        else:
+            allowed = await self._strategy.hit(item, caller_id, policy)
+            reset_at, remaining = await self._strategy.get_window_stats(item, caller_id, policy)
+        reset = max(1, math.ceil(reset_at - now))
+        verdict = Verdict(policy, item.amount, max(0, remaining), reset, item.get_expiry())
+        if not allowed:
+            raise TooManyRequests(
+                f"Rate limit exceeded: {item.amount} {policy} requests per {item.get_expiry()} s",
+                headers={**verdict.headers(), "retry-after": str(reset)},
+                limit=policy,
+            )
+        return verdict
+
+    async def check(self) -> bool:
+        return True if isinstance(self._storage, InProcessWindows) else await self._storage.check()

@@ -1,0 +1,1 @@
+"""The models: specs, input schemas, validation and prices."""

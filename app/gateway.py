@@ -1,0 +1,141 @@
+"""The shared objects the lifespan owns, and the `Annotated` dependencies routes use to reach them.
+
+`Gateway` is a plain container: `open_gateway` builds every part with its dependencies named, so no
+part imports the container back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from app.callers.authenticator import Authenticator, Caller
+from app.callers.idempotency import Idempotency
+from app.callers.ledger import Ledger
+from app.callers.ratelimit import RateLimiter
+from app.catalog.billing import parse_price_table
+from app.catalog.spec import ValidationLimits
+from app.fal.signatures import FalWebhookVerifier
+from app.fal.upstream import UpstreamClient
+from app.ops.metrics import Metrics
+from app.relay.bus import EventBus, open_bus
+from app.relay.completions import Completions
+from app.relay.leases import Leases, open_leases
+from app.relay.outbox import Outbox
+from app.relay.poller import Poller
+from app.relay.watchers import Watchers
+from app.settings import Settings
+from app.store import Store, StoreUnavailable, open_store
+
+log = logging.getLogger("falgate")
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    upstream: UpstreamClient
+    http: httpx.AsyncClient  # for public documents (JWKS); fal's API goes through `upstream`
+    validation_limits: ValidationLimits
+    prices: dict[str, float]
+    store: Store
+    bus: EventBus
+    leases: Leases
+    auth: Authenticator
+    fal_verifier: FalWebhookVerifier
+    limiter: RateLimiter
+    ledger: Ledger
+    idempotency: Idempotency
+    metrics: Metrics
+    completions: Completions
+    watchers: Watchers
+    outbox: Outbox
+    poller: Poller
+
+    def start(self) -> None:
+        self.outbox.start()
+        self.poller.start()
+
+    async def aclose(self) -> None:
+        await self.poller.aclose()
+        await self.watchers.aclose()
+        await self.outbox.aclose()
+        await self.bus.close()
+        await self.leases.close()
+        await self.auth.aclose()
+        await self.upstream.aclose()
+        await self.http.aclose()
+        await self.store.close()
+
+
+async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
+    prices = parse_price_table(settings.prices)
+    store = open_store(settings.store_url)
+    try:
+        await store.ping()
+    except StoreUnavailable:
+        # Start anyway: /readyz reports it, and requests get 503 until the store is back.
+        log.warning("the store is not reachable yet")
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=settings.upstream_connect_timeout))
+    upstream = UpstreamClient(settings, metrics)
+    bus = open_bus(settings.store_url)
+    leases = open_leases(settings.store_url)
+    ledger = Ledger(store, settings, prices)
+    outbox = Outbox(
+        store,
+        metrics,
+        secret=settings.webhook_secret,
+        allow_private=settings.webhook_allow_private,
+        retry_scale=settings.webhook_retry_scale,
+    )
+    completions = Completions(store, bus, ledger, upstream, wake_outbox=outbox.wake)
+    return Gateway(
+        settings=settings,
+        upstream=upstream,
+        http=http,
+        validation_limits=ValidationLimits(
+            max_prompt_length=settings.max_prompt_length,
+            max_image_bytes=settings.max_image_bytes,
+            allow_unknown_fields=settings.allow_unknown_fields,
+        ),
+        prices=prices,
+        store=store,
+        bus=bus,
+        leases=leases,
+        auth=Authenticator.from_settings(settings, http),
+        fal_verifier=FalWebhookVerifier(settings.fal_jwks_url, http),
+        limiter=RateLimiter.for_store(settings.store_url, settings.rate_limit_submit, settings.rate_limit_read),
+        ledger=ledger,
+        idempotency=Idempotency(store, settings.idempotency_ttl_seconds, pending_ttl=settings.upstream_timeout + 30),
+        metrics=metrics,
+        completions=completions,
+        watchers=Watchers(store, upstream, leases, ledger, completions, metrics),
+        outbox=outbox,
+        poller=Poller(
+            store,
+            upstream,
+            leases,
+            ledger,
+            completions,
+            interval=settings.poll_interval_seconds,
+            grace=settings.webhook_grace_seconds,
+        ),
+    )
+
+
+async def _gateway(request: Request) -> Gateway:
+    # async: a plain def dependency would run in the thread pool, a thread hop on every request.
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+async def _caller(request: Request, gateway: GatewayDep) -> Caller:
+    return await gateway.auth.authenticate(request)
+
+
+CallerDep = Annotated[Caller, Depends(_caller)]

@@ -1,0 +1,1 @@
+"""Running it: metrics, logs, the access log line, health, CORS."""

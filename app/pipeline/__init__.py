@@ -1,0 +1,1 @@
+"""Operations and the one pipeline both front doors hand them to, and the rewrite of fal's answer."""

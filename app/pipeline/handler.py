@@ -1,0 +1,190 @@
+"""The one request pipeline both front doors share.
+
+authenticate -> rate limit -> check ownership -> validate -> budget and in-flight slot -> forward with
+the key -> record. A front door's only job is to turn its request into an `Operation` and call `handle`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.callers import idempotency
+from app.callers.authenticator import Caller
+from app.callers.ledger import Admission
+from app.callers.ratelimit import operation_class
+from app.catalog.validation import validate_input
+from app.errors import BadRequest, GatewayError, InvalidInput, PayloadTooLarge
+from app.gateway import Gateway
+from app.ops.access import note
+from app.pipeline.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
+from app.pipeline.rewrite import json_body, relay
+from app.relay.client_webhooks import TargetRefused, validate_target_url
+from app.relay.completions import completion_from_result
+from app.relay.readers import fal_status_stream
+
+_BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
+
+log = logging.getLogger("falgate.pipeline")
+
+
+async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
+    note(request.scope, operation=op.kind.value, door=op.door.value, model=_model_label(op), request_id=op.request_id)
+    caller = await gateway.auth.authenticate(request)
+    note(request.scope, caller_id=caller.id)
+    verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
+    if op.kind in PER_REQUEST_KINDS:
+        assert op.request_id is not None
+        await gateway.ledger.owned(caller, op.request_id, op.app_id)
+    body = await read_body(request, gateway.settings.max_body_bytes) if op.kind in _BODY_KINDS else None
+    if op.kind in SPENDING_KINDS:
+        response = await _spend(gateway, caller, op, request, body or b"")
+    elif op.kind is OpKind.STREAM:
+        response = await _stream(gateway, op, request)
+    else:
+        response = await _forward(gateway, op, request, body)
+    # Appended raw: the answer never carries these already, and MutableHeaders would re-scan per header.
+    response.raw_headers.extend((name.encode(), value.encode()) for name, value in verdict.headers().items())
+    return response
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is larger than {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_label(op: Operation) -> str:
+    # Bounded for metrics: a catalog slug, or the app id of a per-request path (also from the catalog).
+    return op.model.slug if op.model else op.app_id or "-"
+
+
+def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
+    assert op.model is not None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidInput([{"loc": ["body"], "msg": "Request body is not valid JSON", "type": "json_invalid"}]) from None
+    errors = validate_input(op.model, payload, gateway.validation_limits)
+    if errors:
+        gateway.metrics.validation_rejections.labels(model=op.model.slug).inc()
+        raise InvalidInput(errors)
+    return payload
+
+
+async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Request, body: bytes) -> Response:
+    """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
+    payload = parse_input(gateway, op, body)
+    client_webhook = _client_webhook(gateway, op)
+    if op.kind is OpKind.SUBMIT:
+        # fal always calls our own receiver; the caller's webhook is ours to deliver once we verified fal's.
+        op = dataclasses.replace(op, params={**op.params, "fal_webhook": gateway.settings.fal_webhook_url})
+    key = idempotency.key_from(request.headers) if op.kind is OpKind.SUBMIT else None
+    if key is not None:
+        replay = await gateway.idempotency.begin(caller.id, key, op, payload)
+        if replay is not None:
+            return replay
+    admission: Admission | None = None
+    try:
+        admission = await gateway.ledger.admit(caller, op, payload)
+        upstream = await gateway.upstream.send(op, request.headers, body)
+        note(request.scope, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
+        # fal's answer is parsed once, for the URL rewrite and for the request id the ledger records.
+        data = json_body(upstream.content) if op.kind is OpKind.SUBMIT and upstream.status_code < 300 else None
+        response = relay(op, upstream, gateway.settings.gateway_url, data)
+        await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
+    except BaseException:
+        if admission is not None:
+            await gateway.ledger.abandon(admission)
+        if key is not None:
+            await gateway.idempotency.abort(caller.id, key)
+        raise
+    if key is not None:
+        if response.status_code < 300:
+            await gateway.idempotency.complete(caller.id, key, response)
+        else:
+            await gateway.idempotency.abort(caller.id, key)
+    return response
+
+
+def _client_webhook(gateway: Gateway, op: Operation) -> str:
+    url = op.params.get("fal_webhook", "")
+    if not url:
+        return ""
+    if op.kind is not OpKind.SUBMIT:
+        raise BadRequest("fal_webhook is only supported on queue submits")
+    if gateway.settings.webhook_secret is None:
+        raise BadRequest("Client webhooks are not enabled on this gateway (FALGATE_WEBHOOK_SECRET is unset)")
+    try:
+        return validate_target_url(url, allow_private=gateway.settings.webhook_allow_private)
+    except TargetRefused as refused:
+        raise InvalidInput(
+            [{"loc": ["query", "fal_webhook"], "msg": f"Webhook URL refused: {refused.reason}", "type": "webhook_url"}]
+        ) from None
+
+
+async def _settle(
+    gateway: Gateway, op: Operation, admission: Admission, status: int, data: dict | None, client_webhook: str
+) -> None:
+    ledger = gateway.ledger
+    if op.kind is OpKind.RUN:
+        # A sync run is over when fal answers: its slot is free, its cost spent unless it failed.
+        await ledger.abandon(admission, refund=status >= 300)
+        return
+    request_id = data.get("request_id") if data else None
+    if isinstance(request_id, str):
+        early = await ledger.commit(admission, op, request_id, client_webhook)
+        if early is not None:  # fal's webhook arrived before we had recorded the request
+            await gateway.completions.apply(early)
+    else:
+        await ledger.abandon(admission)
+
+
+async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
+    upstream = await gateway.upstream.send(op, request.headers, body)
+    note(request.scope, upstream_status=upstream.status_code)
+    # A status body is parsed once, for the URL rewrite and for what it tells the ledger.
+    status = json_body(upstream.content) if op.kind is OpKind.STATUS and upstream.status_code < 300 else None
+    response = relay(op, upstream, gateway.settings.gateway_url, status)
+    if op.request_id is not None:
+        await _observe(gateway, op, upstream.status_code, upstream.content, status)
+    return response
+
+
+async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, status: dict | None) -> None:
+    """What a caller's own poll tells us about the request, so slots and budgets follow without a webhook."""
+    request_id = op.request_id
+    assert request_id is not None
+    if status is not None:
+        state = status.get("status")
+        if state == "COMPLETED":
+            try:
+                await gateway.completions.from_upstream(request_id, op.app_id, source="poll")
+            except GatewayError:
+                # fal's answer still reaches the caller; the slot frees now, the webhook or poller does the rest.
+                log.info("result fetch after COMPLETED failed", extra={"fields": {"request_id": request_id}})
+                await gateway.ledger.finish(request_id, "FAILED" if status.get("error") else "COMPLETED")
+        elif isinstance(state, str):
+            await gateway.ledger.progress(request_id, state)
+    elif op.kind is OpKind.RESULT and code == 200:
+        await gateway.completions.record(completion_from_result(request_id, code, content, "poll"))
+    elif op.kind is OpKind.CANCEL and code == 202:
+        await gateway.ledger.finish(request_id, "CANCELLED")
+
+
+async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response:
+    """fal's status stream format, served from the shared watcher rather than one upstream stream each."""
+    return fal_status_stream(gateway, op, with_logs=op.params.get("logs") == "1")

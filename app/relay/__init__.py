@@ -1,0 +1,1 @@
+"""How a job's end reaches everyone: completions, watchers, the poller, the bus, and each sink."""

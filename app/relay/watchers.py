@@ -1,0 +1,120 @@
+"""One upstream status-stream watcher per request, however many clients watch, on however many replicas.
+
+A replica watches a request only while it holds that request's lease, so a thousand SSE clients spread
+over three replicas still cost fal one status stream. What the watcher sees becomes events in the
+store (durable, resumable by sequence number) and on the bus (live, on every replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+from app.callers.ledger import Ledger
+from app.errors import GatewayError
+from app.fal.upstream import UpstreamClient
+from app.ops.metrics import Metrics
+from app.pipeline.operations import FrontDoor, Operation, OpKind
+from app.pipeline.rewrite import iter_sse_data
+from app.relay.completions import Completions
+from app.relay.leases import Leases
+from app.store import Store
+
+log = logging.getLogger("falgate.watchers")
+
+_LEASE_SECONDS = 30.0
+
+
+class Watchers:
+    def __init__(
+        self,
+        store: Store,
+        upstream: UpstreamClient,
+        leases: Leases,
+        ledger: Ledger,
+        completions: Completions,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._leases = leases
+        self._ledger = ledger
+        self._completions = completions
+        self._metrics = metrics
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.replica = uuid.uuid4().hex
+
+    def ensure(self, request_id: str, app_id: str) -> None:
+        """Make sure someone watches this request's fal status stream (cheap to call repeatedly)."""
+        if request_id in self._tasks:
+            return
+        task = asyncio.create_task(self._watch(request_id, app_id), name=f"watch:{request_id}")
+        self._tasks[request_id] = task
+        self._metrics.upstream_watchers.set(len(self._tasks))
+        task.add_done_callback(lambda _: self._done(request_id))
+
+    def _done(self, request_id: str) -> None:
+        self._tasks.pop(request_id, None)
+        self._metrics.upstream_watchers.set(len(self._tasks))
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _watch(self, request_id: str, app_id: str) -> None:
+        lease = f"watch:{request_id}"
+        if await self._store.has_terminal_event(request_id):
+            return
+        if not await self._leases.acquire(lease, self.replica, _LEASE_SECONDS):
+            return  # another replica watches it; its events reach our clients over the bus
+        try:
+            await self._follow(request_id, app_id, lease)
+        except GatewayError as exc:
+            log.info("status watcher stopped", extra={"fields": {"request_id": request_id, "reason": type(exc).__name__}})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("status watcher failed", extra={"fields": {"request_id": request_id}})
+        finally:
+            with contextlib.suppress(Exception):
+                await self._leases.release(lease, self.replica)
+
+    async def _follow(self, request_id: str, app_id: str, lease: str) -> None:
+        logs_seen = sum(len(e.data.get("logs", [])) for e in await self._store.events_after(request_id) if e.kind == "logs")
+        last_status: tuple | None = None
+        op = Operation(OpKind.STREAM, FrontDoor.REST, app_id, request_id=request_id, params={"logs": "1"})
+        upstream = await self._upstream.send(op, {}, stream=True)
+        try:
+            if upstream.status_code != 200:
+                return
+            async for status in iter_sse_data(upstream):
+                await self._leases.acquire(lease, self.replica, _LEASE_SECONDS)
+                state = status.get("status")
+                logs = status.get("logs") or []
+                if isinstance(logs, list) and len(logs) > logs_seen:
+                    await self._completions.publish(request_id, "logs", {"logs": logs[logs_seen:]})
+                    logs_seen = len(logs)
+                current = (state, status.get("queue_position"))
+                if current != last_status and state != "COMPLETED":
+                    last_status = current
+                    await self._completions.publish(request_id, "status", _status_view(status))
+                    await self._ledger.progress(request_id, str(state))
+                if state == "COMPLETED":
+                    await self._completions.from_upstream(request_id, app_id, source="stream")
+                    return
+        finally:
+            await upstream.aclose()
+
+
+def _status_view(status: dict) -> dict:
+    """A status event without the URLs (which point upstream) and without logs (sent as their own events)."""
+    return {k: v for k, v in status.items() if k in ("status", "queue_position", "request_id")}

@@ -1,0 +1,1 @@
+"""The caller-facing `/v1/*` routes and the playground."""

@@ -1,0 +1,15 @@
+"""`GET /v1/models`: what this gateway serves, with each model's input schema and billing rule."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.catalog.models import CATALOG, catalog_entry
+from app.gateway import CallerDep, GatewayDep
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+@router.get("/models", summary="The models this gateway serves")
+async def list_models(caller: CallerDep, gateway: GatewayDep) -> dict:
+    return {"models": [catalog_entry(spec, gateway.prices) for spec in CATALOG.values()]}
