@@ -90,7 +90,7 @@ def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def error_response(exc: StarletteHTTPException) -> JSONResponse:
-    """The JSON answer for a refusal, wherever it was raised (a route, or app/doors/fast_path.py)."""
+    """The JSON answer for a refusal, wherever it was raised."""
     extra = exc.extra if isinstance(exc, GatewayError) else {}
     return JSONResponse({"detail": exc.detail, **extra}, status_code=exc.status_code, headers=exc.headers)
 

@@ -14,16 +14,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import Receive, Scope, Send
 
 from app.catalog.models import CATALOG
 from app.doors import proxy, queue
-from app.doors.fast_path import FastPath
+from app.doors.route import FrontDoors
 from app.emulator import EmulatorConfig, create_emulator_app
 from app.errors import install_error_handlers
 from app.gateway import open_gateway
 from app.ops import health
-from app.ops.access import AccessRecorder, RequestObserver
+from app.ops.access import RequestObserver
 from app.ops.cors import cors_options
 from app.ops.metrics import Metrics
 from app.relay import fal_webhook as fal_webhooks
@@ -32,21 +31,6 @@ from app.settings import EMULATOR_MOUNT, Settings
 from app.web import callers, catalog, deliveries, playground, storage
 
 log = logging.getLogger("falgate")
-
-
-class FalgateApp(FastAPI):
-    """FastAPI, with the front doors' hot requests answered by app/doors/fast_path.py before its middleware stack."""
-
-    fast_path: FastPath | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.fast_path is not None:
-            matched = self.fast_path.match(scope)
-            if matched is not None:
-                scope["app"] = self  # as Starlette sets it: Request.app, the gateway in app.state
-                await self.fast_path.serve(scope, receive, send, matched)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def load_settings() -> Settings:
@@ -58,7 +42,7 @@ def load_settings() -> Settings:
         raise SystemExit("falgate: invalid configuration:\n" + "\n".join(lines)) from None
 
 
-def create_app(settings: Settings | None = None) -> FalgateApp:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     emulator = None
     if settings.emulated:
@@ -93,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FalgateApp:
 
     metrics = Metrics()
 
-    app = FalgateApp(
+    app = FastAPI(
         title="falgate",
         summary="A gateway for fal.ai's image-to-video models: the key stays on the server.",
         version="0.1.0",
@@ -102,10 +86,10 @@ def create_app(settings: Settings | None = None) -> FalgateApp:
     install_error_handlers(app)
     if settings.cors_origins:  # without origins CORS would only wrap every response to add nothing
         app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
-    recorder = AccessRecorder(metrics)
     # Added last, so outermost: it sees every answer, including the error handlers' and CORS refusals.
-    app.add_middleware(RequestObserver, recorder=recorder)
-    app.fast_path = FastPath(settings, recorder)
+    app.add_middleware(RequestObserver, metrics=metrics)
+    # First in the router: the front doors' requests are matched by a lookup, ahead of every other route.
+    app.router.routes.insert(0, FrontDoors(settings.proxy_path, settings.allow_token_minting))
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(callers.router)
@@ -118,14 +102,15 @@ def create_app(settings: Settings | None = None) -> FalgateApp:
         app.mount(EMULATOR_MOUNT, emulator)
     app.include_router(playground.router)
     app.include_router(queue.router)  # last: it ends in a catch-all for unknown models
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings.proxy_path)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema plus each model's input schema, which the raw-body submit routes reference."""
+def _openapi(app: FastAPI, proxy_path: str) -> dict:
+    """FastAPI's schema plus the front doors' paths and each model's input schema, which submits reference."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        schema.setdefault("paths", {}).update({**queue.openapi_paths(), **proxy.openapi_paths(proxy_path)})
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for spec in CATALOG.values():
             model_schema = spec.input_model.model_json_schema(ref_template="#/components/schemas/{model}")

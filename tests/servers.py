@@ -113,7 +113,10 @@ def emulator_env(emulator: Server) -> dict[str, str]:
     }
 
 
-def start_gateway(emulator: Server | None = None, key: str = CANARY_FAL_KEY, **env: str) -> Server:
+def start_gateway(
+    emulator: Server | None = None, key: str = CANARY_FAL_KEY, *, app_factory: str | None = None, **env: str
+) -> Server:
+    """`falgate serve`, or uvicorn serving `app_factory` ("module:function") with the same settings."""
     port = free_port()
     full_env = {
         "FAL_KEY": key,
@@ -131,9 +134,12 @@ def start_gateway(emulator: Server | None = None, key: str = CANARY_FAL_KEY, **e
         full_env.update(emulator_env(emulator))
     full_env["FALGATE_STORE_URL"] = env.pop("FALGATE_STORE_URL", f"sqlite:///{tempfile.mkdtemp()}/falgate.db")
     full_env.update(env)
+    argv = [sys.executable, "-m", "app.cli", "serve"]
+    if app_factory is not None:
+        argv = [sys.executable, "-m", "uvicorn", app_factory, "--factory", "--host", "127.0.0.1", "--port", str(port)]
     server = Server(
         "gateway",
-        [sys.executable, "-m", "app.cli", "serve"],
+        argv,
         port,
         full_env,
         collect=ALL_GATEWAY_OUTPUT,

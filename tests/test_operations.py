@@ -166,7 +166,7 @@ def test_one_json_log_line_per_request(emulator: Server) -> None:
 
 
 def test_a_client_leaving_mid_body_is_499_not_an_error(emulator: Server) -> None:
-    # One path served by the fast path (a mirrored submit), one by a FastAPI route (fal's webhook receiver).
+    # One front-door request (a mirrored submit), one by an ordinary FastAPI route (fal's webhook receiver).
     server = start_gateway(emulator, FALGATE_LOG_FORMAT="json")
     paths = [f"/{KLING}", "/v1/fal/webhook"]
     try:

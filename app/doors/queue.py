@@ -1,81 +1,120 @@
 """The mirrored fal queue API: the gateway's base URL behaves like https://queue.fal.run.
 
-Each seeded model gets its own submit route so /docs shows that model's input schema; the body is still
-read raw and forwarded byte for byte after validation (fal applies its own defaults).
+`match` finds the operation of a request in the route table (app/doors/table.py) with one dict lookup or
+one regex; app/doors/route.py serves what it finds. Each seeded model still appears in /docs with its own
+input schema; the body is read raw and forwarded byte for byte after validation (fal applies its own
+defaults). Paths that match nothing end in `router`'s catch-all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.catalog.models import CATALOG
-from app.catalog.spec import ModelSpec
+from app.catalog.models import APP_IDS, CATALOG
+from app.doors.table import (
+    PER_REQUEST_ROUTES,
+    SUBMIT_METHOD,
+    OperationFactory,
+    PerRequestRoute,
+    per_request_route,
+    tail_pattern,
+)
 from app.errors import NotFound
-from app.gateway import GatewayDep
-from app.pipeline.handler import handle
-from app.pipeline.operations import FrontDoor, OpKind, per_request_operation, spending_operation, supported_models_error
+from app.pipeline.operations import (
+    FrontDoor,
+    Operation,
+    OpKind,
+    per_request_operation,
+    spending_operation,
+    supported_models_error,
+)
 
-router = APIRouter(tags=["queue (fal mirror)"])
+TAG = "queue (fal mirror)"
 
-# The per-request paths, also app/doors/fast_path.py's metric labels for the requests it serves.
-STREAM_PATH = "/{app_path:path}/requests/{request_id}/status/stream"
-STATUS_PATH = "/{app_path:path}/requests/{request_id}/status"
-CANCEL_PATH = "/{app_path:path}/requests/{request_id}/cancel"
-RESULT_PATH = "/{app_path:path}/requests/{request_id}"
+_PER_REQUEST_PATH = re.compile(rf"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?P<tail>{tail_pattern()})?$")
+def _submit_factory(model_id: str) -> OperationFactory:
+    def factory(request: Request, query: dict[str, str]) -> Operation:
+        return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
 
-
-def _submit_route(spec: ModelSpec) -> Callable[..., Awaitable[Response]]:
-    async def submit(request: Request, gateway: GatewayDep, fal_webhook: str | None = None) -> Response:
-        op = spending_operation(OpKind.SUBMIT, FrontDoor.REST, spec.model_id, fal_webhook)
-        return await handle(gateway, op, request)
-
-    submit.__name__ = f"submit_{spec.slug.replace('-', '_').replace('.', '_')}"
-    return submit
+    return factory
 
 
-for _spec in CATALOG.values():
-    router.add_api_route(
-        f"/{_spec.model_id}",
-        _submit_route(_spec),
-        methods=["POST"],
-        summary=f"Submit to {_spec.title}",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{_spec.input_model.__name__}"}}},
-            }
-        },
-    )
+def _per_request_factory(route: PerRequestRoute, app_path: str, request_id: str) -> OperationFactory:
+    def factory(request: Request, query: dict[str, str]) -> Operation:
+        return per_request_operation(route.kind, FrontDoor.REST, app_path, request_id, query.get("logs"))
+
+    return factory
 
 
-@router.get(STREAM_PATH, summary="Stream a request's status (SSE)")
-async def status_stream(app_path: str, request_id: str, request: Request, gateway: GatewayDep, logs: str | None = None) -> Response:
-    op = per_request_operation(OpKind.STREAM, FrontDoor.REST, app_path, request_id, logs)
-    return await handle(gateway, op, request)
+_SUBMITS: dict[str, OperationFactory] = {f"/{model_id}": _submit_factory(model_id) for model_id in CATALOG}
 
 
-@router.get(STATUS_PATH, summary="A request's status")
-async def status(app_path: str, request_id: str, request: Request, gateway: GatewayDep, logs: str | None = None) -> Response:
-    op = per_request_operation(OpKind.STATUS, FrontDoor.REST, app_path, request_id, logs)
-    return await handle(gateway, op, request)
+def match(method: str, path: str) -> tuple[str, OperationFactory] | None:
+    """The route template and operation factory of a queue request, or None for the routers to answer."""
+    if method == SUBMIT_METHOD:
+        factory = _SUBMITS.get(path)
+        return None if factory is None else (path, factory)
+    found = _PER_REQUEST_PATH.match(path)
+    if found is None:
+        return None
+    tail = found["tail"]
+    route = per_request_route(method, tuple(tail[1:].split("/")) if tail else ())
+    app_path = found["app"]
+    # An unknown app is not a front-door request: the catch-all answers it (404), or another route does.
+    if route is None or not (app_path in APP_IDS or app_path in CATALOG):
+        return None
+    return route.template, _per_request_factory(route, app_path, found["request_id"])
 
 
-@router.put(CANCEL_PATH, summary="Cancel a request")
-async def cancel(app_path: str, request_id: str, request: Request, gateway: GatewayDep) -> Response:
-    op = per_request_operation(OpKind.CANCEL, FrontDoor.REST, app_path, request_id, None)
-    return await handle(gateway, op, request)
-
-
-@router.get(RESULT_PATH, summary="A request's result")
-async def result(app_path: str, request_id: str, request: Request, gateway: GatewayDep) -> Response:
-    op = per_request_operation(OpKind.RESULT, FrontDoor.REST, app_path, request_id, None)
-    return await handle(gateway, op, request)
+router = APIRouter(tags=[TAG])
 
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
 async def unknown_path(path: str, request: Request) -> Response:
-    if request.method == "POST":
+    if request.method == SUBMIT_METHOD:
         raise supported_models_error(path)
     raise NotFound("Not Found")
+
+
+def openapi_paths() -> dict[str, dict[str, Any]]:
+    """/docs entries for the mirrored paths: a submit per model with its own schema, and each per-request path."""
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in CATALOG.values():
+        body = {"$ref": f"#/components/schemas/{spec.input_model.__name__}"}
+        paths[f"/{spec.model_id}"] = {
+            "post": {
+                "tags": [TAG],
+                "summary": f"Submit to {spec.title}",
+                "operationId": f"submit_{spec.slug.replace('-', '_').replace('.', '_')}",
+                "parameters": [_query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there.")],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                "responses": _responses("fal's queue answer: request_id and the URLs to poll"),
+            }
+        }
+    for route in PER_REQUEST_ROUTES:
+        parameters = [_path_param("app_path", "The app id (owner/app) or the full model id"), _path_param("request_id", "")]
+        if route.kind in (OpKind.STATUS, OpKind.STREAM):
+            parameters.append(_query("logs", "1 to include the job's logs"))
+        paths.setdefault(route.template.replace(":path", ""), {})[route.method.lower()] = {
+            "tags": [TAG],
+            "summary": route.summary,
+            "operationId": f"{route.kind.value}_request",
+            "parameters": parameters,
+            "responses": _responses("fal's answer, relayed"),
+        }
+    return paths
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+def _query(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": description}
+
+
+def _responses(ok: str) -> dict[str, Any]:
+    return {"200": {"description": ok}, "4XX": {"description": "Refused, with a JSON `detail`"}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
+from app.doors.table import SUBMIT_METHOD, per_request_route
 from app.errors import BadRequest, NotFound
 from app.pipeline.operations import FrontDoor, Operation, OpKind, per_request_operation, spending_operation
 
@@ -104,28 +105,17 @@ def _with_model(kind: OpKind, model_id: str, webhook: str | None = None) -> Oper
         raise TargetRefused(f"{model_id!r} is not a model this gateway serves") from None
 
 
-# (segments after "requests", method) -> the operation, and the segments after the request id it needs.
-_PER_REQUEST_KINDS: dict[tuple[int, str], tuple[OpKind, tuple[str, ...]]] = {
-    (1, "GET"): (OpKind.RESULT, ()),
-    (2, "GET"): (OpKind.STATUS, ("status",)),
-    (2, "PUT"): (OpKind.CANCEL, ("cancel",)),
-    (3, "GET"): (OpKind.STREAM, ("status", "stream")),
-}
-
-
 def _queue_operation(method: str, segments: list[str], query: dict[str, str]) -> Operation:
     if "requests" in segments:
         at = segments.index("requests")
         app_path, rest = "/".join(segments[:at]), segments[at + 1 :]
-        kind, tail = _PER_REQUEST_KINDS.get((len(rest), method), (None, ()))
-        if tuple(rest[1:]) != tail:
-            kind = None
-        if kind is None or not app_path:
+        route = per_request_route(method, tuple(rest[1:])) if rest else None
+        if route is None or not app_path:
             raise TargetRefused("not a queue operation this gateway serves")
         try:
-            return per_request_operation(kind, FrontDoor.PROXY, app_path, rest[0], query.get("logs"))
+            return per_request_operation(route.kind, FrontDoor.PROXY, app_path, rest[0], query.get("logs"))
         except NotFound:
             raise TargetRefused(f"{app_path!r} is not an app this gateway serves") from None
-    if method != "POST":
+    if method != SUBMIT_METHOD:
         raise TargetRefused(f"{method} is not a queue operation")
     return _with_model(OpKind.SUBMIT, "/".join(segments), query.get("fal_webhook"))

@@ -16,6 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.ops.metrics import Metrics
 from app.settings import EMULATOR_MOUNT
 
+# Set by the front doors' route (app/doors/route.py), which serves many templates as one route.
+ROUTE_TEMPLATE = "falgate.route_template"
+
 log = logging.getLogger("falgate.access")
 
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -33,9 +36,10 @@ def note(scope: Scope, **fields: object) -> None:
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp, recorder: AccessRecorder) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app = app
-        self._recorder = recorder
+        self._metrics = metrics
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The embedded emulator stands in for fal: its traffic is not the gateway's own.
@@ -54,20 +58,10 @@ class RequestObserver:
         try:
             await self._app(scope, receive, observed_send)
         finally:
-            self._recorder.record(scope, status, time.perf_counter() - started)
+            self._record(scope, status, time.perf_counter() - started)
 
-
-class AccessRecorder:
-    """Writes each request's metrics sample and log line: for RequestObserver, and for app/doors/fast_path.py,
-    which knows the status of what it answers without wrapping `send`."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
-
-    def record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        template = scope.get(ROUTE_TEMPLATE) or getattr(scope.get("route"), "path", None) or "unmatched"
         fields: dict[str, object] = dict(scope.get("state", {}).get(STATE_KEY, {}))
         model = str(fields.get("model") or "-")
         self._count(template, model, status)

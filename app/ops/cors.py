@@ -1,13 +1,10 @@
 """CORS for browsers calling the gateway (the `@fal-ai/client` proxy route, the queue paths).
 
-One definition, used by the application's middleware stack and by app/doors/fast_path.py, so a preflight and
-the request after it get the same answer whichever way the request went.
+Starlette's CORSMiddleware with these options, added only when origins are configured (without any, it
+would wrap every response to add nothing).
 """
 
 from __future__ import annotations
-
-from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp
 
 ALLOWED_METHODS = ["GET", "POST", "PUT"]
 EXPOSED_HEADERS = ["x-fal-request-id", "x-fal-request-timeout-type", "x-fal-error-type", "retry-after"]
@@ -23,6 +20,3 @@ def cors_options(origins: list[str]) -> dict:
         "max_age": MAX_AGE_SECONDS,
     }
 
-
-def cors(app: ASGIApp, origins: list[str]) -> ASGIApp:
-    return CORSMiddleware(app, **cors_options(origins))

@@ -1,0 +1,60 @@
+"""Both front doors as one Starlette route, placed first in the app's router.
+
+Its `matches` is a dict lookup or one regex (app/doors/queue.py, and a path comparison for the proxy
+route), so a hot request skips FastAPI's route search and dependency solving; but it is an ordinary
+route inside the ordinary app, so every middleware and every exception handler sees it exactly as it
+sees any other request. A request it does not match (another method, an unknown model or app) goes on
+to the routes after it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match, NoMatchFound, get_route_path
+from starlette.types import Receive, Scope, Send
+
+from app.doors import queue
+from app.doors.proxy import proxy_operation
+from app.doors.table import PROXY_METHODS, OperationFactory
+from app.ops.access import ROUTE_TEMPLATE
+from app.pipeline.handler import handle
+
+# Where a match leaves its operation factory (its route template goes where the access log reads it).
+_FACTORY = "falgate.operation_factory"
+
+
+class FrontDoors(BaseRoute):
+    def __init__(self, proxy_path: str, allow_token_minting: bool) -> None:
+        self._proxy_path = proxy_path
+        self._proxy = proxy_operation(allow_token_minting)
+        self._proxy_methods = frozenset(PROXY_METHODS)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        method = scope["method"]
+        path = get_route_path(scope)
+        found: tuple[str, OperationFactory] | None
+        if path == self._proxy_path:
+            found = (path, self._proxy) if method in self._proxy_methods else None
+        else:
+            found = queue.match(method, path)
+        if found is None:
+            return Match.NONE, {}
+        return Match.FULL, {ROUTE_TEMPLATE: found[0], _FACTORY: found[1]}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        raw_query = scope["query_string"]
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
+        op = scope[_FACTORY](request, query)
+        response = await handle(scope["app"].state.gateway, op, request)
+        await response(scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: object) -> object:
+        raise NoMatchFound(name, path_params)
+
+    def __repr__(self) -> str:
+        return f"FrontDoors(proxy_path={self._proxy_path!r})"
