@@ -59,10 +59,6 @@ class Watchers:
         self._tasks.pop(request_id, None)
         self._metrics.upstream_watchers.set(len(self._tasks))
 
-    @property
-    def active(self) -> int:
-        return len(self._tasks)
-
     async def aclose(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
