@@ -541,7 +541,7 @@ def test_nginx_conf_suits_streams_uploads_and_websockets() -> None:
 def nginx_binary() -> str:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if not found:
-        pytest.fail("nginx is not installed: apt-get install nginx (Debian's package; .ci/run installs it)")
+        pytest.fail("nginx is not installed: apt-get install nginx (Debian's package; `make test` installs it as root)")
     return found
 
 

@@ -5,7 +5,8 @@ generated PNGs through the gateway, submits to two models, follows the request o
 Server-Sent Events, plays the resulting MP4, and shows both the browser's and the gateway's validation
 errors next to the field. Screenshots go to tests/artifacts/.
 
-Chromium is Debian's (`apt-get install chromium`, done by .ci/run), never a Playwright download.
+Chromium is Debian's (`apt-get install chromium`, done by `make test` through tests/setup-system.sh),
+never a Playwright download.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def test_playground_is_on_in_emulator_mode_by_default() -> None:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (`make test` does it as root)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
