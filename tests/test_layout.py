@@ -120,4 +120,4 @@ def test_top_level_is_composition_and_packages() -> None:
     top_modules = {path.stem for path in APP.glob("*.py")}
     packages = {path.name for path in APP.iterdir() if (path / "__init__.py").exists()}
     assert top_modules == {"__init__", "main", "cli", "settings", "gateway", "errors", "responses"}
-    assert packages == {"doors", "pipeline", "callers", "catalog", "fal", "relay", "store", "ops", "web", "emulator"}
+    assert packages == {"doors", "pipeline", "callers", "catalog", "fal", "relay", "store", "ops", "web", "emulator", "net"}

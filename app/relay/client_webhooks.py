@@ -1,43 +1,35 @@
 """Sending a client's webhook: Standard Webhooks signatures, public-only targets, a retry schedule.
 
-Targets must be public: every address a name resolves to is checked, and private, loopback, link-local,
-metadata and other non-public ones are dropped *inside the resolver* of the connection pool, so the
-address that was checked is the address that is connected to (there is no second lookup an attacker's
-DNS could answer differently). `allow_private=True` (FALGATE_WEBHOOK_ALLOW_PRIVATE) lifts all of this for
-local development.
+Targets must be public. Every address a name resolves to is checked inside the connection pool
+(`app/net/safe_transport.py`): private, loopback, link-local, metadata and other non-public ones are
+dropped and the connection is made to the checked address itself, so the address that was checked is
+the address that is connected to (there is no second lookup an attacker's DNS could answer
+differently). `allow_private=True` (FALGATE_WEBHOOK_ALLOW_PRIVATE) lifts all of this for local
+development.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import random
 import secrets
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, CookiePolicy
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from yarl import URL
+import httpx
+
+from app.net.safe_transport import AddressRefused, NameNotResolved, PublicOnlyTransport, literal_refusal
 
 _SECRET_PREFIX = "whsec_"
 _MIN_SECRET_BYTES = 24
 _MAX_URL_LENGTH = 2048
 _READ_LIMIT = 4096  # enough to let a target finish a small answer; its content is never needed
-
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Named for clearer reasons; all of them also fall in one of the non-public ranges checked below.
-_METADATA = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
-)
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-# NAT64 prefixes map IPv4 addresses (including 127.0.0.1) into IPv6 through a translator.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
 class TargetRefused(Exception):
@@ -90,109 +82,56 @@ def validate_target_url(url: str, *, allow_private: bool = False) -> str:
         return url
     if parsed.scheme != "https":
         raise TargetRefused("only https URLs are allowed")
-    host = (parsed.raw_host or "").rstrip(".").lower()
+    host = parsed.host.rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         raise TargetRefused("localhost is not a public host")
-    reason = _literal_refusal(parsed.raw_host or "")
+    reason = literal_refusal(parsed.host)
     if reason:
         raise TargetRefused(reason)
     return url
 
 
-def _parsed(url: str) -> URL:
+def _parsed(url: str) -> httpx.URL:
+    """The URL as httpx will send it (so the text checked is the text sent), or TargetRefused."""
     if len(url) > _MAX_URL_LENGTH:
         raise TargetRefused("the URL is too long")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
         raise TargetRefused("the URL contains whitespace or control characters")
     try:
-        parsed = URL(url)
-        parsed.port  # noqa: B018 - an out-of-range port raises here, not at send time
-    except (ValueError, TypeError):
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
         raise TargetRefused("not a valid URL") from None
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise TargetRefused("not a valid URL")
     if parsed.scheme not in ("http", "https"):
         raise TargetRefused("only http(s) URLs are allowed")
-    if not parsed.raw_host:
+    if not parsed.host:
         raise TargetRefused("the URL has no host")
-    if parsed.raw_user is not None or parsed.raw_password is not None:
+    if parsed.userinfo:
         raise TargetRefused("credentials in the URL are not allowed")
-    if parsed.raw_fragment:
+    if parsed.fragment:
         raise TargetRefused("fragments are not allowed")
     return parsed
 
 
-def _address_refusal(ip: _IPAddress) -> str | None:
-    """Why `ip` is not a public address, or None if it is."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        # An IPv6 form that carries an IPv4 address reaches that IPv4 address: judge the embedded one.
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is not None:
-            return _address_refusal(embedded)
-        if ip.teredo is not None:
-            return "a Teredo tunnel address"
-        if any(ip in net for net in _NAT64):
-            return "a NAT64 address"
-    checks = (
-        (ip in _METADATA, "a cloud metadata address"),
-        (ip.is_unspecified, "an unspecified address"),
-        (ip.is_loopback, "a loopback address"),
-        (ip.is_link_local, "a link-local address"),
-        (ip.is_multicast, "a multicast address"),
-        (isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT, "a shared (CGNAT) address"),
-        (ip.is_private, "a private address"),
-        (ip.is_reserved, "a reserved address"),
-        (not ip.is_global, "a non-public address"),
-    )
-    return next((reason for refused, reason in checks if refused), None)
+class _NoCookies(CookiePolicy):
+    """Keep no cookie and send none: one target's cookies must never reach another's."""
 
+    netscape = True
+    rfc2965 = False
+    hide_cookie2 = True
 
-def _literal_refusal(host: str) -> str | None:
-    """Check a host that aiohttp will connect to without resolving it. None for names and public IPs."""
-    # aiohttp's own test (helpers.is_ip_address): a colon, or only digits and dots. Such hosts skip the
-    # resolver entirely, so the resolver's filter never sees them and they must be judged here.
-    if ":" not in host and not host.replace(".", "").isdigit():
-        return None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        # "2130706433", "127.1", "0177.0.0.1": legacy forms the OS may still map onto 127.0.0.1.
-        return "an IP address in a non-canonical form"
-    reason = _address_refusal(ip)
-    return f"the host is {reason}" if reason else None
+    def set_ok(self, cookie: object, request: object) -> bool:
+        return False
 
+    def return_ok(self, cookie: object, request: object) -> bool:
+        return False
 
-def _answer_refusal(address: str) -> str | None:
-    try:
-        return _address_refusal(ipaddress.ip_address(address))
-    except ValueError:
-        return "an unparseable address"
+    def domain_return_ok(self, domain: str, request: object) -> bool:
+        return False
 
-
-class _TargetRefusedError(OSError):
-    """From the resolver: an OSError, so aiohttp wraps it in ClientConnectorDNSError (as `os_error`)."""
-
-
-class _PublicOnlyResolver(AbstractResolver):
-    """The default resolver with every non-public address removed from its answer.
-
-    The connector connects only to the addresses this returns, so the checked address IS the connected
-    one: no window for DNS rebinding between a check and a connect.
-    """
-
-    def __init__(self) -> None:
-        self._inner = aiohttp.DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        answers = await self._inner.resolve(host, port, family)
-        reasons = [_answer_refusal(answer["host"]) for answer in answers]
-        public = [answer for answer, reason in zip(answers, reasons, strict=True) if reason is None]
-        if not public:
-            raise _TargetRefusedError(f"the host resolves to {next(filter(None, reasons), 'no address')}")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
+    def path_return_ok(self, path: str, request: object) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +147,22 @@ class WebhookSender:
 
     def __init__(self, *, allow_private: bool, timeout: float = 10.0, user_agent: str = "falgate-webhooks") -> None:
         self._allow_private = allow_private
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._http: httpx.AsyncClient | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily: a ClientSession must be made inside a running loop
-            resolver = None if self._allow_private else _PublicOnlyResolver()
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=resolver),
-                timeout=self._timeout,
-                trust_env=False,  # no HTTP(S)_PROXY: a proxy would connect to the target unchecked
-                cookie_jar=aiohttp.DummyCookieJar(),  # one target's cookies must never reach another's
-                auto_decompress=False,  # the answer is never parsed, so never inflate a possible bomb
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:  # created lazily, so that its pool belongs to the loop that sends
+            # trust_env=False on both: no HTTP(S)_PROXY, since a proxy would connect to the target unchecked.
+            transport = httpx.AsyncHTTPTransport(trust_env=False) if self._allow_private else PublicOnlyTransport()
+            self._http = httpx.AsyncClient(
+                transport=transport,
+                trust_env=False,
+                follow_redirects=False,  # a 3xx is a failed attempt; a Location pointing inside is never followed
+                cookies=CookieJar(policy=_NoCookies()),
+                timeout=httpx.Timeout(self._timeout),
             )
-        return self._session
+        return self._http
 
     async def send(self, url: str, headers: Mapping[str, str], body: bytes) -> AttemptResult:
         """POST `body` once. Never raises for a refused, unreachable, slow or failing target."""
@@ -235,23 +175,28 @@ class WebhookSender:
         try:
             target = _parsed(url)
             if not self._allow_private:
-                reason = _literal_refusal(target.raw_host or "")
+                reason = literal_refusal(target.host)
                 if reason:
                     raise TargetRefused(reason)
             request_headers = {"content-type": "application/json", **headers, "user-agent": self._user_agent}
-            # No redirects: a 3xx is a failed attempt, and a Location pointing inside must never be followed.
-            async with self._client().post(target, data=body, headers=request_headers, allow_redirects=False) as resp:
-                await resp.content.read(_READ_LIMIT)
-                status = resp.status
-        except TargetRefused as exc:
+            async with asyncio.timeout(self._timeout):  # the whole attempt, not each phase of it
+                async with self._client().stream("POST", target, content=body, headers=request_headers) as resp:
+                    # Raw bytes: the answer is never parsed, so never inflate a possible bomb.
+                    received = 0
+                    async for chunk in resp.aiter_raw():
+                        received += len(chunk)
+                        if received >= _READ_LIMIT:
+                            break
+                    status = resp.status_code
+        except (TargetRefused, AddressRefused) as exc:
             return result(None, f"target_refused: {exc.reason}")
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, _TargetRefusedError):
-                return result(None, f"target_refused: {exc.os_error}")
-            return result(None, f"connection_failed: {type(exc).__name__}")
-        except TimeoutError:
+        except (TimeoutError, httpx.TimeoutException):
             return result(None, "timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__cause__, NameNotResolved):
+                return result(None, "connection_failed: the host name does not resolve")
+            return result(None, f"connection_failed: {type(exc).__name__}")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             # The exception text may quote the URL, and a webhook URL may carry a token: only the type.
             return result(None, f"request_failed: {type(exc).__name__}")
         if 300 <= status < 400:
@@ -259,9 +204,9 @@ class WebhookSender:
         return result(status, None if 200 <= status < 300 else f"http_status: {status}")
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
 
 BASE_DELAY = 5.0
