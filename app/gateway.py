@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 from fastapi import Depends, Request
@@ -29,7 +29,10 @@ from app.relay.outbox import Outbox
 from app.relay.poller import Poller
 from app.relay.watchers import Watchers
 from app.settings import Settings
-from app.store import Store, StoreUnavailable, open_store
+from app.store import Store, StoreUnavailable, open_redis_pool, open_store
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 log = logging.getLogger("falgate")
 
@@ -54,6 +57,8 @@ class Gateway:
     watchers: Watchers
     outbox: Outbox
     poller: Poller
+    # On a Redis store, the one connection pool the store, bus, leases and limiter share; None on SQLite.
+    redis_pool: ConnectionPool | None = None
 
     def start(self) -> None:
         self.outbox.start()
@@ -68,12 +73,16 @@ class Gateway:
         await self.auth.aclose()
         await self.upstream.aclose()
         await self.http.aclose()
+        await self.limiter.close()
         await self.store.close()
+        if self.redis_pool is not None:  # last: every part above that used it is closed
+            await self.redis_pool.aclose()
 
 
 async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     prices = parse_price_table(settings.prices)
-    store = open_store(settings.store_url)
+    redis_pool = open_redis_pool(settings.store_url)
+    store = open_store(settings.store_url, redis_pool=redis_pool)
     try:
         await store.ping()
     except StoreUnavailable:
@@ -81,8 +90,8 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         log.warning("the store is not reachable yet")
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=settings.upstream_connect_timeout))
     upstream = UpstreamClient(settings, metrics)
-    bus = open_bus(settings.store_url)
-    leases = open_leases(settings.store_url)
+    bus = open_bus(settings.store_url, redis_pool=redis_pool)
+    leases = open_leases(settings.store_url, redis_pool=redis_pool)
     ledger = Ledger(store, settings, prices)
     outbox = Outbox(
         store,
@@ -107,7 +116,9 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         leases=leases,
         auth=Authenticator.from_settings(settings, http),
         fal_verifier=FalWebhookVerifier(settings.fal_jwks_url, http),
-        limiter=RateLimiter.for_store(settings.store_url, settings.rate_limit_submit, settings.rate_limit_read),
+        limiter=RateLimiter.for_store(
+            settings.store_url, settings.rate_limit_submit, settings.rate_limit_read, redis_pool=redis_pool
+        ),
         ledger=ledger,
         idempotency=Idempotency(store, settings.idempotency_ttl_seconds, pending_ttl=settings.upstream_timeout + 30),
         metrics=metrics,
@@ -123,6 +134,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
             interval=settings.poll_interval_seconds,
             grace=settings.webhook_grace_seconds,
         ),
+        redis_pool=redis_pool,
     )
 
 

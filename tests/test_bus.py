@@ -54,8 +54,8 @@ async def make_bus(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIt
 async def redis_bus(redis_prefix: str) -> AsyncIterator[Callable[..., RedisBus]]:
     opened: list[RedisBus] = []
 
-    def open_one(**options: object) -> RedisBus:
-        bus = RedisBus(REDIS_URL, prefix=redis_prefix, **options)  # type: ignore[arg-type]
+    def open_one(url: str = REDIS_URL, **options: object) -> RedisBus:
+        bus = RedisBus(url, prefix=redis_prefix, **options)  # type: ignore[arg-type]
         opened.append(bus)
         return bus
 
@@ -300,7 +300,7 @@ async def test_a_lost_connection_lags_watchers_and_the_next_ones_reconnect(
     redis_bus: Callable[..., RedisBus], raw_redis: aioredis.Redis
 ) -> None:
     name = f"falgate-test-bus-{uuid.uuid4().hex[:8]}"
-    bus = redis_bus(client_name=name)
+    bus = redis_bus(url=f"{REDIS_URL}?client_name={name}")  # the bus's connections carry the pool's name
     sub = bus.subscribe("r")
     await sub.ready()
     [client] = [c for c in await raw_redis.client_list() if c.get("name") == name]

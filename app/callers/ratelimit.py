@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, Storage
@@ -18,6 +19,10 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from app.errors import TooManyRequests
 from app.pipeline.operations import SPENDING_KINDS, OpKind
+from app.store import is_redis_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,23 +88,43 @@ class InProcessWindows:
 
 
 class RateLimiter:
-    def __init__(self, storage: Storage | InProcessWindows, submit: str, read: str) -> None:
+    def __init__(
+        self, storage: Storage | InProcessWindows, submit: str, read: str, *, owned_pool: ConnectionPool | None = None
+    ) -> None:
         self._storage = storage
+        self._owned_pool = owned_pool  # closed by `close`; a shared pool is its opener's to close
         # A sliding-window counter is O(1) per hit on both storages; a moving window keeps every hit of
         # the window in a list (O(limit) memory and time per hit at generous limits).
         self._strategy = None if isinstance(storage, InProcessWindows) else SlidingWindowCounterRateLimiter(storage)
         self._items: dict[str, RateLimitItem] = {"submit": parse(submit), "read": parse(read)}
 
     @classmethod
-    def for_store(cls, store_url: str, submit: str, read: str) -> RateLimiter:
-        if store_url.startswith(("redis://", "rediss://")):
-            storage: Storage | InProcessWindows = RedisStorage(
-                "async+" + store_url, implementation="redispy", key_prefix="falgate-ratelimit"
-            )
-        else:
+    def for_store(
+        cls, store_url: str, submit: str, read: str, *, redis_pool: ConnectionPool | None = None
+    ) -> RateLimiter:
+        """Windows in the store's Redis, on `redis_pool` (the process's shared pool, see
+        `app.store.open_redis_pool`; without one the limiter opens its own); else in this process."""
+        if not is_redis_url(store_url):
             # The embedded store is one process: an in-memory window is exact there.
-            storage = InProcessWindows()
-        return cls(storage, submit, read)
+            return cls(InProcessWindows(), submit, read)
+        owned = None
+        if redis_pool is None:
+            from app.store.redis_pool import connection_pool
+
+            redis_pool = owned = connection_pool(store_url)
+        # `limits` builds its redis-py client on the pool (RedispyBridge.use_basic); the URL then only
+        # names the backend. Its `**options` are typed as scalars, but a pool is what use_basic looks for.
+        storage = RedisStorage(
+            "async+" + store_url,
+            implementation="redispy",
+            key_prefix="falgate-ratelimit",
+            connection_pool=redis_pool,  # type: ignore[arg-type]
+        )
+        return cls(storage, submit, read, owned_pool=owned)
+
+    async def close(self) -> None:
+        if self._owned_pool is not None:
+            await self._owned_pool.aclose()
 
     async def hit(self, caller_id: str, policy: str) -> Verdict:
         """Count one request against the caller's bucket, or raise 429 without counting it."""

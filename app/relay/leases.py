@@ -15,15 +15,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import quote
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from app.store import StoreUnavailable, is_redis_url
 
-from app.store import StoreUnavailable
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 # KEYS[1] lease; ARGV holder, ttl ms. Take it if free, extend it if ours; SET NX PX plus re-entry.
 _ACQUIRE = """
@@ -90,11 +88,14 @@ class MemoryLeases(Leases):
 class RedisLeases(Leases):
     """Replicas: a key per lease, `{prefix}lease:{name}` holding the holder, expiring on Redis's clock."""
 
-    def __init__(
-        self, url: str, *, prefix: str = "falgate:", connect_timeout: float = 1.5, timeout: float = 5.0
-    ) -> None:
+    def __init__(self, redis: str | ConnectionPool, *, prefix: str = "falgate:") -> None:
+        """`redis`: the process's shared pool (left open by `close`), or a URL for a pool of the leases' own."""
+        # Here, not at the top: this module is also the one-process deployment's, which never loads redis.
+        from app.store.redis_pool import UNAVAILABLE_ERRORS, redis_client
+
         self._prefix = prefix
-        self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout, socket_timeout=timeout)
+        self._unavailable = UNAVAILABLE_ERRORS
+        self._redis = redis_client(redis)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
 
@@ -106,7 +107,7 @@ class RedisLeases(Leases):
         try:
             yield
         # As the store's guard: unreachable or not Redis is "unavailable"; a script bug surfaces as is.
-        except (RedisConnectionError, RedisTimeoutError, InvalidResponse, ReadOnlyError, OSError) as exc:
+        except self._unavailable as exc:
             raise StoreUnavailable(f"redis leases: {exc}") from exc
 
     async def acquire(self, name: str, holder: str, ttl: float) -> bool:
@@ -122,8 +123,11 @@ class RedisLeases(Leases):
         await self._redis.aclose()
 
 
-def open_leases(store_url: str, *, prefix: str = "falgate:") -> Leases:
-    """RedisLeases on the store's Redis for `redis[s]://` URLs, else MemoryLeases (one process)."""
-    if store_url.startswith(("redis://", "rediss://")):
-        return RedisLeases(store_url, prefix=prefix)
+def open_leases(store_url: str, *, prefix: str = "falgate:", redis_pool: ConnectionPool | None = None) -> Leases:
+    """RedisLeases on the store's Redis for `redis[s]://` URLs, else MemoryLeases (one process).
+
+    `redis_pool` is the process's shared pool (see `app.store.open_redis_pool`), else the leases open their own.
+    """
+    if is_redis_url(store_url):
+        return RedisLeases(store_url if redis_pool is None else redis_pool, prefix=prefix)
     return MemoryLeases()

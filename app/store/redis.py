@@ -13,7 +13,7 @@ Keys (prefix configurable so tests and several gateways can share one Redis):
     {p}pending                     zset   non-terminal request_id by created_at (the fallback poller's
                                           work list); ids whose record expired or finished are dropped
                                           when pending_requests finds them
-The webhook relay's keys are listed in redis_relay.py.
+The webhook relay's keys are listed in redis_events.py.
 Variable parts are percent-encoded, so a ":" inside a caller id or key can't collide with another.
 """
 
@@ -27,9 +27,6 @@ from typing import Any, cast
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from app.store.base import (
@@ -50,6 +47,7 @@ from app.store.base import (
     to_micros,
 )
 from app.store.redis_events import RedisRelay, completion_from_json
+from app.store.redis_pool import UNAVAILABLE_ERRORS, redis_client
 
 DEFAULT_PREFIX = "falgate:"
 
@@ -188,15 +186,11 @@ def _record_to_hash(record: RequestRecord) -> dict[FieldT, EncodableT]:
 
 
 class RedisStore(RedisRelay, Store):
-    def __init__(
-        self, url: str, *, prefix: str = DEFAULT_PREFIX, connect_timeout: float = 1.5, timeout: float = 5.0
-    ) -> None:
+    def __init__(self, redis: str | aioredis.ConnectionPool, *, prefix: str = DEFAULT_PREFIX) -> None:
+        """`redis`: the process's shared pool (left open by `close`), or a URL for a pool of the store's own."""
         self._prefix = prefix
         self._closed = False
-        # Bytes, not decoded strings: idempotent replays carry arbitrary response bodies.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, health_check_interval=30
-        )
+        self._redis = redis_client(redis)
         register = self._redis.register_script
         self._set_state = register(_SET_STATE)
         self._finish = register(_FINISH)
@@ -217,11 +211,9 @@ class RedisStore(RedisRelay, Store):
     def _guard(self) -> Iterator[None]:
         if self._closed:
             raise StoreUnavailable("the store is closed")
-        # Unreachable, timed out, not speaking Redis (wrong port), or a replica mid-failover. Other
-        # errors (a script bug, WRONGTYPE) are ours and should surface as they are.
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, InvalidResponse, ReadOnlyError, OSError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def ping(self) -> None:

@@ -2,13 +2,14 @@
 
 One pub/sub connection per process, whatever the number of watchers: the first local subscriber of a
 request SUBSCRIBEs its channel, the last one to leave UNSUBSCRIBEs it, and a reader task fans each
-message out to the local subscribers. Publishing is a plain PUBLISH on the normal client.
+message out to the local subscribers. Publishing is a plain PUBLISH on the process's shared pool.
 
-The pub/sub connection is a bare redis-py Connection (RESP2) rather than redis-py's PubSub, because
-PubSub silently reconnects and resubscribes: whatever was published meanwhile would be lost without
-anyone knowing. Here a lost connection (an error, or no reply to our pings for three intervals) ends
-every subscription with `lagged` set, so consumers re-read from the store; the next subscriber opens
-a fresh connection.
+The pub/sub connection is a bare redis-py Connection (RESP2; the shared pool's address and settings,
+but not one of its connections, since a subscribed connection can't serve commands) rather than
+redis-py's PubSub, because PubSub silently reconnects and resubscribes: whatever was published
+meanwhile would be lost without anyone knowing. Here a lost connection (an error, or no reply to our
+pings for three intervals) ends every subscription with `lagged` set, so consumers re-read from the
+store; the next subscriber opens a fresh connection.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from app.relay.bus.base import (
     encode_event,
 )
 from app.store import Event
+from app.store.redis_pool import COMMAND_TIMEOUT, redis_client, subscriber_connection
 
 log = logging.getLogger("falgate.bus")
 
@@ -153,26 +155,22 @@ class _Link:
 class RedisBus(EventBus):
     def __init__(
         self,
-        url: str,
+        redis: str | aioredis.ConnectionPool,
         *,
         prefix: str = "falgate:",
         queue_size: int = DEFAULT_QUEUE_SIZE,
         ping_interval: float = 5.0,
-        connect_timeout: float = 1.5,
-        timeout: float = 5.0,
-        client_name: str | None = None,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> None:
+        """`redis`: the process's shared pool (left open by `close`), or a URL for a pool of the bus's own.
+
+        `timeout` bounds the wait for Redis to confirm a SUBSCRIBE.
+        """
         self._channel_prefix = f"{prefix}events:".encode()
         self._queue_size = queue_size
         self._ping_interval = ping_interval
         self._timeout = timeout
-        self._publisher = aioredis.Redis.from_url(
-            url, socket_connect_timeout=connect_timeout, socket_timeout=timeout, health_check_interval=30
-        )
-        # Only ever used to make the one pub/sub connection; RESP2 so messages are plain replies.
-        self._pool = aioredis.ConnectionPool.from_url(
-            url, protocol=2, socket_connect_timeout=connect_timeout, socket_timeout=timeout, client_name=client_name
-        )
+        self._publisher = redis_client(redis)
         self._fanout = Fanout(on_empty=self._schedule_unsubscribe)
         self._link: _Link | None = None
         self._lock = asyncio.Lock()  # one SUBSCRIBE/UNSUBSCRIBE decision at a time
@@ -214,7 +212,6 @@ class RedisBus(EventBus):
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await self._publisher.aclose()
-        await self._pool.aclose()
 
     # --- the pub/sub connection ---
 
@@ -222,7 +219,7 @@ class RedisBus(EventBus):
         if self._closed:
             raise BusUnavailable("the bus is closed")
         if self._link is None or not self._link.alive:
-            conn = self._pool.make_connection()
+            conn = subscriber_connection(self._publisher.connection_pool)
             try:
                 await conn.connect()
             except (RedisError, OSError) as exc:
