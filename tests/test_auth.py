@@ -191,6 +191,7 @@ class JWKSServer:
         self.keys: list[dict[str, Any]] = list(keys or [])
         self.status = 200
         self.fetches = 0
+        self.delay = 0.0  # seconds each answer takes, so that concurrent requests can queue behind a fetch
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_port}/.well-known/jwks.json"
@@ -204,6 +205,7 @@ class JWKSServer:
                 with jwks._lock:
                     jwks.fetches += 1
                     status, body = jwks.status, json.dumps({"keys": jwks.keys}).encode()
+                time.sleep(jwks.delay)
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -546,6 +548,20 @@ def test_jwks_key_rotation_is_picked_up_on_unknown_kid(jwks: JWKSServer) -> None
 
         old_token = old.token()  # the withdrawn key no longer verifies anything
         assert_401(_whoami(url, old_token), "invalid_token", old_token)
+
+
+def test_jwks_rotation_is_seen_by_every_request_that_waited_for_the_refetch(jwks: JWKSServer) -> None:
+    old, new = rsa_key("2024-old"), rsa_key("2025-new")
+    jwks.keys = [old.jwk()]
+    cooldown = 1.0
+    with serve_auth_app(_jwks_settings(jwks), jwks_cooldown_seconds=cooldown) as url:
+        assert _whoami(url, old.token()).status_code == 200
+        jwks.keys, jwks.delay = [new.jwk()], 0.3
+        time.sleep(cooldown + 0.1)
+        # The first unknown kid refetches; the rest wait on that fetch and must verify against its answer.
+        responses = _get_many(url, [new.token(sub=f"u{n}") for n in range(20)], workers=20)
+    assert [r.status_code for r in responses] == [200] * 20
+    assert jwks.fetches == 2
 
 
 def test_jwks_unknown_kid_flood_is_rate_limited(jwks: JWKSServer) -> None:

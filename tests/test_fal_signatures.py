@@ -8,16 +8,17 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.emulator.signing import WebhookSigner
 from app.fal.signatures import MAX_KEYS, FalWebhookVerifier, VerifiedDelivery, WebhookRejected, public_jwk
+from tests.relay_helpers import Receiver, ThreadServer
 from tests.servers import CANARY_FAL_KEY, Server, free_port
 
 BODY = b'{"request_id":"req-1","status":"OK","payload":{"video":{"url":"https://x/v.mp4"}}}'
@@ -59,29 +60,40 @@ class Fixture:
         return (signer or self.signer).headers("req-1", USER, body, now=self.clock.now + skew)
 
 
+def _serve_jwks(jwks: JwksServer) -> ThreadServer:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            jwks.fetches += 1
+            time.sleep(jwks.delay)
+            if jwks.down:
+                self.send_response(503)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            body = jwks.raw if jwks.raw is not None else json.dumps(jwks.document).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return ThreadServer(Handler)
+
+
 @pytest_asyncio.fixture(loop_scope="function")
 async def fx() -> AsyncIterator[Fixture]:
     signer = WebhookSigner()
-    port = free_port()
-    jwks = JwksServer(f"http://127.0.0.1:{port}/.well-known/jwks.json", signer.jwks())
-
-    async def serve(request: web.Request) -> web.Response:
-        jwks.fetches += 1
-        await asyncio.sleep(jwks.delay)
-        if jwks.down:
-            return web.Response(status=503)
-        if jwks.raw is not None:
-            return web.Response(body=jwks.raw, content_type="application/json")
-        return web.json_response(jwks.document)
-
-    app = web.Application()
-    app.router.add_get("/.well-known/jwks.json", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    async with httpx.AsyncClient() as http:
-        yield Fixture(jwks, signer, Clock(), http)
-    await runner.cleanup()
+    jwks = JwksServer("", signer.jwks())
+    server = _serve_jwks(jwks)
+    jwks.url = f"{server.url}/.well-known/jwks.json"
+    try:
+        async with httpx.AsyncClient() as http:
+            yield Fixture(jwks, signer, Clock(), http)
+    finally:
+        server.close()
 
 
 async def _reason(verifier: FalWebhookVerifier, headers: dict[str, str], body: bytes = BODY) -> str:
@@ -255,35 +267,25 @@ async def test_expired_cache_is_refreshed_and_kept_if_the_refresh_fails(fx: Fixt
 
 async def test_real_emulator_webhook_verifies(emulator: Server) -> None:
     """Submit a job to the emulator with ?fal_webhook=, receive its signed delivery, verify it."""
-    arrived: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
-
-    async def hook(request: web.Request) -> web.Response:
-        await arrived.put((dict(request.headers), await request.read()))
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    receiver = Receiver()
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             submitted = await http.post(
                 f"{emulator.url}/queue/fal-ai/wan-i2v",
-                params={"fal_webhook": f"http://127.0.0.1:{port}/hook"},
+                params={"fal_webhook": receiver.hook_url},
                 headers={"Authorization": f"Key {CANARY_FAL_KEY}"},
                 json={"prompt": "a cat surfing", "image_url": "https://example.com/cat.png"},
             )
             assert submitted.status_code == 200, submitted.text
-            headers, body = await asyncio.wait_for(arrived.get(), timeout=15)
+            arrived = (await asyncio.to_thread(receiver.wait_for, 1, 15))[0]
+            headers, body = arrived.headers, arrived.body
             verifier = FalWebhookVerifier(f"{emulator.url}/rest/.well-known/jwks.json", http)
             delivery = await verifier.verify(headers, body)
             assert delivery.request_id == submitted.json()["request_id"] == json.loads(body)["request_id"]
             assert abs(delivery.timestamp - time.time()) < 30
             assert await _reason(verifier, headers, body + b" ") == "bad_signature"
     finally:
-        await runner.cleanup()
+        receiver.close()
 
 
 async def test_clock_going_backwards_does_not_freeze_the_cache(fx: Fixture) -> None:

@@ -11,8 +11,7 @@ from starlette.requests import HTTPConnection
 
 from app.callers.api_keys import ApiKeyTable
 from app.callers.bearer import INVALID_TOKEN, bearer_token, checked_token, missing_credentials, unauthorized
-from app.callers.jwks import JWKS_COOLDOWN_SECONDS, JWKS_TTL_SECONDS, JWKSCache
-from app.callers.jwt_tokens import JWKS_ALGORITHMS, JWTVerifier
+from app.callers.jwt_tokens import JWKS_COOLDOWN_SECONDS, JWKS_TTL_SECONDS, JWTVerifier, jwks_cache
 from app.errors import GatewayError
 from app.settings import Settings
 
@@ -100,11 +99,11 @@ def _anonymous(client_host: str | None) -> Caller:
 
 def _jwt_verifier(settings: Settings, http: httpx.AsyncClient | None, ttl: float, cooldown: float) -> JWTVerifier:
     own_http: httpx.AsyncClient | None = None
-    jwks: JWKSCache | None = None
+    jwks = None
     if settings.jwt_jwks_url:
         if http is None:
             http = own_http = httpx.AsyncClient(headers={"user-agent": "falgate"})
-        jwks = JWKSCache(settings.jwt_jwks_url, http, algorithms=JWKS_ALGORITHMS, ttl=ttl, cooldown=cooldown)
+        jwks = jwks_cache(settings.jwt_jwks_url, http, ttl=ttl, cooldown=cooldown)
     secret = settings.jwt_secret.get_secret_value().encode("utf-8") if settings.jwt_secret is not None else None
     return JWTVerifier(
         secret=secret,

@@ -1,9 +1,10 @@
 """Verification of fal's signed webhook deliveries (fal-protocol.md, "Webhooks (fal -> us)").
 
 fal signs `request_id + "\\n" + user_id + "\\n" + timestamp + "\\n" + hex(sha256(raw body))` with Ed25519 and
-publishes its public keys as a JWKS. The key set is cached and refetched when a signature matches none of
-the cached keys (fal may have rotated), but never more often than `min_refetch_seconds`: every forged
-delivery is such a miss, and it must not turn us into a tool for hammering fal's JWKS endpoint.
+publishes its public keys as a JWKS. The key set is cached (`app.net.jwks.JWKSCache`) and refetched when a
+signature matches none of the cached keys (fal may have rotated), but never more often than
+`min_refetch_seconds`: every forged delivery is such a miss, and it must not turn us into a tool for
+hammering fal's JWKS endpoint.
 
 Receivers map `WebhookRejected.reason`: "no_keys" means *we* could not check the delivery (no key set
 could be fetched and none is cached), so answer 503 and fal retries later; every other reason is the
@@ -12,12 +13,9 @@ sender's fault (401/400: the delivery is not from fal, or too old/new to trust).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
-import json
-import logging
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-log = logging.getLogger("falgate.fal_signatures")
+from app.net.jwks import JWKSCache, KeySetUnavailable
 
 _REQUEST_ID = "x-fal-webhook-request-id"
 _USER_ID = "x-fal-webhook-user-id"
@@ -37,7 +35,6 @@ _SIGNATURE = "x-fal-webhook-signature"
 
 MAX_KEYS = 20  # a JWKS listing more keys than this is cut: each miss costs one verify per key
 _MAX_JWKS_BYTES = 256 * 1024
-_FETCH_TIMEOUT = 5.0  # the fetch runs inside a webhook request, under the lock other deliveries wait on
 _HEX = frozenset(string.hexdigits)
 
 
@@ -77,17 +74,18 @@ class FalWebhookVerifier:
         min_refetch_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._jwks_url = jwks_url
-        self._http = http
         self._tolerance = tolerance_seconds
-        self._cache_seconds = cache_seconds
-        self._min_refetch = min_refetch_seconds
         self._clock = clock
-        self._keys: tuple[Ed25519PublicKey, ...] = ()
-        self._fetched_at: float | None = None  # last successful fetch
-        self._attempted_at: float | None = None  # last fetch attempt, failed ones included
-        self._generation = 0  # bumped on every successful fetch, so lock waiters can see one happened
-        self._lock = asyncio.Lock()
+        self._jwks = JWKSCache(
+            jwks_url,
+            http,
+            _parse_jwks,
+            ttl=cache_seconds,
+            cooldown=min_refetch_seconds,
+            label="fal JWKS",
+            max_bytes=_MAX_JWKS_BYTES,
+            clock=clock,
+        )
 
     async def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedDelivery:
         """Return who sent the delivery, or raise `WebhookRejected`. Never raises anything else for bad input.
@@ -108,61 +106,21 @@ class FalWebhookVerifier:
         message = f"{request_id}\n{user_id}\n{raw_timestamp}\n{digest}".encode()
         delivery = VerifiedDelivery(request_id, user_id, timestamp)
 
-        keys, generation = await self._current_keys()
-        if _matches(keys, signature, message):
+        try:
+            current = await self._jwks.current()
+        except KeySetUnavailable:
+            raise WebhookRejected("no_keys") from None
+        # A stale set is still used when its refetch failed: fal's old keys beat refusing every delivery.
+        if _matches(current.keys, signature, message):
             return delivery
-        # No cached key matches: fal may have rotated. `_refresh` decides whether a fetch is allowed now.
-        if await self._refresh(generation) and _matches(self._keys, signature, message):
+        # No cached key matches: fal may have rotated. The cache decides whether a fetch is allowed now.
+        try:
+            newer = await self._jwks.refetch(current)
+        except KeySetUnavailable:
+            newer = None  # we hold a set, and the delivery matches none of it: the sender's fault
+        if newer is not None and _matches(newer.keys, signature, message):
             return delivery
         raise WebhookRejected("bad_signature")
-
-    async def _current_keys(self) -> tuple[tuple[Ed25519PublicKey, ...], int]:
-        """The cached keys, fetched first if there are none or they are older than `cache_seconds`."""
-        # A clock that went backwards counts as expiry too, rather than pinning the set in place.
-        expired = self._fetched_at is None or not 0 <= self._clock() - self._fetched_at <= self._cache_seconds
-        if expired:
-            await self._refresh(self._generation)
-        if not self._keys:
-            raise WebhookRejected("no_keys")
-        # A stale set is still used when its refetch failed: fal's old keys beat refusing every delivery.
-        return self._keys, self._generation
-
-    async def _refresh(self, seen_generation: int) -> bool:
-        """Fetch the JWKS unless someone else already did since `seen_generation` or one was tried recently.
-
-        Returns True when the key set may have changed since the caller looked at it.
-        """
-        async with self._lock:
-            if self._generation != seen_generation:
-                return True  # a concurrent miss fetched while we waited: one fetch serves all of them
-            now = self._clock()
-            if self._attempted_at is not None and 0 <= now - self._attempted_at < self._min_refetch:
-                return False
-            self._attempted_at = now
-            keys = await self._fetch()
-            if keys is None:
-                return False
-            self._keys, self._fetched_at = keys, now
-            self._generation += 1
-            return True
-
-    async def _fetch(self) -> tuple[Ed25519PublicKey, ...] | None:
-        try:
-            async with self._http.stream("GET", self._jwks_url, timeout=_FETCH_TIMEOUT) as response:
-                response.raise_for_status()
-                raw = bytearray()
-                async for chunk in response.aiter_bytes():
-                    raw += chunk
-                    if len(raw) > _MAX_JWKS_BYTES:
-                        raise ValueError("JWKS document too large")
-            keys = _parse_jwks(json.loads(raw))
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
-            log.warning("fal JWKS fetch failed: %s", type(exc).__name__)
-            return None
-        if not keys:
-            log.warning("fal JWKS has no usable Ed25519 key; keeping the cached set")
-            return None
-        return keys
 
 
 def _signature_headers(headers: Mapping[str, str]) -> tuple[str, str, str, str]:
@@ -188,11 +146,11 @@ def _matches(keys: tuple[Ed25519PublicKey, ...], signature: bytes, message: byte
     return False
 
 
-def _parse_jwks(document: object) -> tuple[Ed25519PublicKey, ...]:
-    """The Ed25519 keys of a JWKS, deduplicated, at most MAX_KEYS; keys of other types are ignored."""
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        return ()
+def _parse_jwks(entries: list[object]) -> tuple[Ed25519PublicKey, ...]:
+    """The Ed25519 keys of a JWKS, deduplicated, at most MAX_KEYS; keys of other types are ignored.
+
+    ValueError if there is none: the cache then keeps the set it has.
+    """
     keys: dict[bytes, Ed25519PublicKey] = {}
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
@@ -203,6 +161,8 @@ def _parse_jwks(document: object) -> tuple[Ed25519PublicKey, ...]:
         keys[raw] = Ed25519PublicKey.from_public_bytes(raw)
         if len(keys) >= MAX_KEYS:
             break
+    if not keys:
+        raise ValueError("no usable Ed25519 key")
     return tuple(keys.values())
 
 
