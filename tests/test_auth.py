@@ -38,7 +38,7 @@ from fastapi import Depends, FastAPI
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from app.callers.authenticator import Authenticator, Caller
@@ -100,6 +100,7 @@ def _auth_app(settings: Settings, **auth_kwargs: Any) -> FastAPI:
 
     @app.websocket("/v1/ws")
     async def ws_query_token(ws: WebSocket) -> None:
+        # As app/relay/sinks.py does: the handshake is authenticated like any request, before accept().
         try:
             caller = await ws.app.state.auth.authenticate(ws)
         except GatewayError as exc:
@@ -107,18 +108,6 @@ def _auth_app(settings: Settings, **auth_kwargs: Any) -> FastAPI:
             await ws.send_denial_response(JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers))
             return
         await ws.accept()
-        await ws.send_json({"id": caller.id, "method": caller.method})
-        await ws.close()
-
-    @app.websocket("/first-message/ws")
-    async def ws_first_message(ws: WebSocket) -> None:
-        await ws.accept()
-        token = await ws.receive_text()
-        try:
-            caller = await ws.app.state.auth.authenticate_token(token, ws.client.host if ws.client else None)
-        except Unauthorized as exc:
-            await ws.close(code=1008, reason=str(exc.detail))
-            return
         await ws.send_json({"id": caller.id, "method": caller.method})
         await ws.close()
 
@@ -151,6 +140,13 @@ def serve_auth_app(settings: Settings, *, forwarded_allow_ips: str = UNTRUSTED_O
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _connection(token: str | None, client_host: str | None = "10.0.0.1") -> HTTPConnection:
+    """A request as the gateway's routes see it, with `token` as its bearer token (no server needed)."""
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    client = None if client_host is None else (client_host, 50000)
+    return HTTPConnection({"type": "http", "method": "GET", "path": "/whoami", "query_string": b"", "headers": headers, "client": client})
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -380,19 +376,11 @@ def test_websocket_handshake_takes_access_token_query(api_key_app: str) -> None:
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer realm="falgate", error="invalid_token"'
     assert WRONG_KEY.encode() not in response.body
-
-
-def test_websocket_token_in_first_message(api_key_app: str) -> None:
-    ws_url = api_key_app.replace("http://", "ws://") + "/first-message/ws"
-    with ws_connect(ws_url, open_timeout=5) as ws:
-        ws.send(ALICE_KEY)
-        assert json.loads(ws.recv(timeout=5)) == {"id": "alice", "method": "api_key"}
-    with ws_connect(ws_url, open_timeout=5) as ws:
-        ws.send(WRONG_KEY)
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=5)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
-    assert WRONG_KEY not in closed.value.rcvd.reason
+    # No token at the handshake (a token meant to follow in a first message): refused, never accepted.
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(f"{ws_url}/v1/ws", open_timeout=5)
+    assert refused.value.response.status_code == 401
+    assert refused.value.response.headers["www-authenticate"] == 'Bearer realm="falgate"'
 
 
 def test_rejections_are_logged_without_the_token(api_key_app: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -474,7 +462,7 @@ def test_jwt_hs256_refuses_a_jwks_algorithm_without_jwks(hs256_app: str) -> None
 
 async def test_jwt_without_configured_audience_or_issuer_ignores_them() -> None:
     auth = Authenticator.from_settings(_settings(auth="jwt", jwt_secret=SECRET))
-    caller = await auth.authenticate_token(_hs256(_claims(aud="anyone", iss=None)), "10.0.0.1")
+    caller = await auth.authenticate(_connection(_hs256(_claims(aud="anyone", iss=None))))
     assert caller == Caller(id="user-123", method="jwt")
     await auth.aclose()
 
@@ -695,17 +683,16 @@ async def test_api_keys_allow_several_keys_per_caller_and_tolerate_spacing() -> 
     raw = f" alice : {first} ,, alice:sha256:{hashlib.sha256(second.encode()).hexdigest().upper()}, "
     auth = Authenticator.from_settings(_settings(auth="api_key", api_keys=raw))
     for key in (first, second):
-        assert await auth.authenticate_token(key, "10.0.0.1") == Caller(id="alice", method="api_key")
-    for token in (None, "", "   "):
-        with pytest.raises(Unauthorized) as refused:
-            await auth.authenticate_token(token, "10.0.0.1")
-        assert refused.value.headers == {"WWW-Authenticate": 'Bearer realm="falgate"'}
+        assert await auth.authenticate(_connection(key)) == Caller(id="alice", method="api_key")
+    with pytest.raises(Unauthorized) as refused:
+        await auth.authenticate(_connection(None))
+    assert refused.value.headers == {"WWW-Authenticate": 'Bearer realm="falgate"'}
 
 
-async def test_authenticate_token_in_none_mode_is_the_client_host() -> None:
+async def test_none_mode_caller_is_the_client_host() -> None:
     auth = Authenticator.from_settings(_settings(auth="none"))
-    assert await auth.authenticate_token("ignored", "192.0.2.1") == Caller(id="192.0.2.1", method="none")
-    assert (await auth.authenticate_token(None, None)).id == "unknown"
+    assert await auth.authenticate(_connection("ignored", "192.0.2.1")) == Caller(id="192.0.2.1", method="none")
+    assert (await auth.authenticate(_connection(None, None))).id == "unknown"
 
 
 # --------------------------------------------------------------------------- falgate keys new

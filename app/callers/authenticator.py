@@ -10,7 +10,7 @@ import httpx
 from starlette.requests import HTTPConnection
 
 from app.callers.api_keys import ApiKeyTable
-from app.callers.bearer import INVALID_TOKEN, bearer_token, checked_token, missing_credentials, unauthorized
+from app.callers.bearer import INVALID_TOKEN, bearer_token, missing_credentials, unauthorized
 from app.callers.jwt_tokens import JWKS_COOLDOWN_SECONDS, JWKS_TTL_SECONDS, JWTVerifier, jwks_cache
 from app.errors import GatewayError
 from app.settings import Settings
@@ -64,12 +64,6 @@ class Authenticator:
         if self.method == "none":
             return _anonymous(request.client.host if request.client else None)
         return await self._verify(bearer_token(request))
-
-    async def authenticate_token(self, token: str | None, client_host: str | None) -> Caller:
-        """For a WebSocket that sends its token in its first message (or any token read by the caller)."""
-        if self.method == "none":
-            return _anonymous(client_host)
-        return await self._verify(checked_token(token.strip()) if token and token.strip() else None)
 
     async def aclose(self) -> None:
         if self._jwt is not None:

@@ -43,7 +43,7 @@ def missing_credentials() -> Unauthorized:
     return unauthorized("Missing credentials: send Authorization: Bearer <token>")
 
 
-def checked_token(token: str) -> str:
+def _checked_token(token: str) -> str:
     """The token if it is shaped like one; a 401 otherwise, so no verifier sees arbitrary bytes."""
     if len(token) > MAX_TOKEN_LENGTH or B64TOKEN.fullmatch(token) is None:
         raise unauthorized("Malformed bearer token", INVALID_TOKEN)
@@ -60,7 +60,7 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     if from_header is not None and from_query is not None:
         raise unauthorized("Send the token either in the Authorization header or as access_token, not both", INVALID_REQUEST)
     token = from_header if from_header is not None else from_query
-    return None if token is None else checked_token(token)
+    return None if token is None else _checked_token(token)
 
 
 def _from_header(value: str) -> str:
