@@ -82,6 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A gateway for fal.ai's image-to-video models: the key stays on the server.",
         version="0.1.0",
         lifespan=lifespan,
+        # falgate's own metrics and access log cover what FastAPI's OpenTelemetry hooks would record, and
+        # those hooks' exception logs could carry a secret from an exception's text. Off, they also stop
+        # costing every request a check of the environment and the global providers.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
     if settings.cors_origins:  # without origins CORS would only wrap every response to add nothing
