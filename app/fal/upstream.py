@@ -1,10 +1,9 @@
 """The one client that talks to fal: builds upstream URLs, injects the key, maps failures, retries reads.
 
-It is pyreqwest (Rust's reqwest and hyper, rustls for TLS) with its own pool. On one core it served
-about 3x the calls of aiohttp's client and 10x those of httpx on aiohttp's transport in
-bench/client_stack.py, and the client had been the largest share of a submit's CPU (bench/README.md).
-httpx stays the client for JWKS, fal's webhook keys, the emulator and the tests; aiohttp for client
-webhooks (app/relay/client_webhooks.py).
+It is pyreqwest (Rust's reqwest and hyper, rustls for TLS) with its own pool: the client had been the
+largest share of a submit's CPU, and bench/client_stack.py measures why this one (the README's
+"Dependencies and why" has the figures). Every other outgoing call (JWKS documents, fal's webhook keys,
+client webhooks through app/net/) uses httpx.
 Callers never see a pyreqwest type: answers are `UpstreamResponse`, failures are `GatewayError`s.
 """
 
