@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from app.store import TERMINAL_STATES, RequestRecord, Store, StoredResponse, StoreUnavailable, open_store
+from app.store import TERMINAL_STATES, RequestRecord, RequestState, Store, StoredResponse, StoreUnavailable, open_store
+from app.store.sqlite_schema import TERMINAL_SQL
 from tests.store_backends import REDIS_URL, Backend
 
 # Fixtures and tests share the session loop: a store's connection must live on the loop that uses it.
@@ -30,7 +31,7 @@ def _record(request_id: str, caller_id: str = "alice", created_at: float = NOW, 
         model_id="fal-ai/kling-video/v2/master/image-to-video",
         app_id="fal-ai/kling-video",
         created_at=created_at,
-        state="IN_QUEUE",
+        state=RequestState.IN_QUEUE,
         cost=0.35,
         budget_day=DAY,
         slot=f"slot-{request_id}",
@@ -102,6 +103,38 @@ async def test_finish_request_hands_the_record_over_once(store: Store) -> None:
     assert after is not None and after.state == "COMPLETED"
     with pytest.raises(ValueError):
         await store.finish_request("r", "IN_PROGRESS")
+
+
+async def test_states_come_back_as_request_states(store: Store) -> None:
+    await store.record_request(_record("r"))
+    read = [
+        await store.get_request("r"),
+        *await store.list_requests("alice"),
+        *await store.pending_requests(NOW + 1),
+        await store.set_state("r", RequestState.IN_PROGRESS),
+        await store.finish_request("r", RequestState.COMPLETED),
+    ]
+    assert [type(record.state) for record in read if record is not None] == [RequestState] * 5
+    assert read[-1] is not None and read[-1].state is RequestState.COMPLETED
+
+
+async def test_states_are_stored_as_their_plain_strings(tmp_path: Path, redis_prefix: str) -> None:
+    # The values are the stored format (and fal's own status strings): what was stored before still reads.
+    assert [str(state) for state in RequestState] == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"]
+    # What the partial index requests_pending was created with; the queries repeat it to use the index.
+    assert TERMINAL_SQL == "'CANCELLED', 'COMPLETED', 'FAILED'"
+    path = tmp_path / "store.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.record_request(_record("r"))
+        await store.finish_request("r", RequestState.CANCELLED)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT state, typeof(state) FROM requests").fetchall() == [("CANCELLED", "text")]
+    raw = aioredis.Redis.from_url(REDIS_URL)
+    async with open_store(REDIS_URL, redis_prefix=redis_prefix) as store:
+        await store.record_request(_record("r"))
+        await store.set_state("r", RequestState.IN_PROGRESS)
+        assert await raw.hget(f"{redis_prefix}req:r", "state") == b"IN_PROGRESS"
+    await raw.aclose()
 
 
 @pytest.mark.parametrize("instances", [1, 2])

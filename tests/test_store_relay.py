@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from app.store import Completion, Delivery, Event, RequestRecord, Store, open_store
+from app.store import Completion, Delivery, DeliveryState, Event, RequestRecord, RequestState, Store, open_store
 from app.store.base import DELIVERY_HISTORY_CAP, EVENT_CAP
 from app.store.sqlite import MIGRATIONS
 from tests.store_backends import REDIS_URL, Backend
@@ -27,7 +27,12 @@ NOW = time.time()
 
 def _record(request_id: str, created_at: float = NOW, **changes: Any) -> RequestRecord:
     base = RequestRecord(
-        request_id, "alice", "fal-ai/kling-video/v2/master/image-to-video", "fal-ai/kling-video", created_at, "IN_QUEUE"
+        request_id,
+        "alice",
+        "fal-ai/kling-video/v2/master/image-to-video",
+        "fal-ai/kling-video",
+        created_at,
+        RequestState.IN_QUEUE,
     )
     return replace(base, **changes)
 
@@ -48,7 +53,7 @@ def _delivery(
         caller_id=caller_id,
         url="https://client.example/hooks/fal",
         body=b'{"request_id":"r","status":"OK","payload":{"x":"\xc3\xa9"}}',
-        state="pending",
+        state=DeliveryState.PENDING,
         attempts=0,
         next_attempt_at=due,
         created_at=NOW,
@@ -288,6 +293,42 @@ async def test_record_attempt_moves_a_delivery_along(store: Store) -> None:
         await store.record_attempt("nope", ok=True, status_code=200, error=None, duration_ms=1, next_attempt_at=None)
         is None
     )
+
+
+async def test_delivery_states_come_back_as_delivery_states(store: Store) -> None:
+    await store.enqueue_delivery(_delivery("d"))
+    read = [
+        *await store.claim_deliveries(NOW, lease_seconds=30),
+        await store.record_attempt("d", ok=True, status_code=200, error=None, duration_ms=1, next_attempt_at=None),
+        await store.get_delivery("d"),
+        *await store.list_deliveries("alice"),
+        await store.redeliver("d", NOW),
+    ]
+    assert [type(delivery.state) for delivery in read if delivery is not None] == [DeliveryState] * 5
+    assert [delivery.state for delivery in read if delivery is not None] == [
+        DeliveryState.PENDING,
+        DeliveryState.DELIVERED,
+        DeliveryState.DELIVERED,
+        DeliveryState.DELIVERED,
+        DeliveryState.PENDING,
+    ]
+
+
+async def test_delivery_states_are_stored_as_their_plain_strings(tmp_path: Path, redis_prefix: str) -> None:
+    assert [str(state) for state in DeliveryState] == ["pending", "delivered", "failed"]
+    path = tmp_path / "store.db"
+    async with open_store(f"sqlite:///{path}") as store:
+        await store.enqueue_delivery(_delivery("d"))
+        await store.record_attempt("d", ok=False, status_code=410, error="gone", duration_ms=1, next_attempt_at=None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT state, typeof(state) FROM deliveries").fetchall() == [("failed", "text")]
+    raw = aioredis.Redis.from_url(REDIS_URL)
+    async with open_store(REDIS_URL, redis_prefix=redis_prefix) as store:
+        await store.enqueue_delivery(_delivery("d"))
+        assert await raw.hget(f"{redis_prefix}dlv:d", "state") == b"pending"
+        await store.record_attempt("d", ok=True, status_code=200, error=None, duration_ms=1, next_attempt_at=None)
+        assert await raw.hget(f"{redis_prefix}dlv:d", "state") == b"delivered"
+    await raw.aclose()
 
 
 async def test_giving_up_fails_the_delivery(store: Store) -> None:

@@ -21,11 +21,10 @@ from app.catalog.spec import estimate_cost
 from app.errors import NotFound, PaymentRequired, TooManyRequests
 from app.pipeline.operations import Operation, OpKind
 from app.settings import Settings
-from app.store import TERMINAL_STATES, Completion, RequestRecord, Store
+from app.store import PROGRESS_ORDER, TERMINAL_STATES, Completion, RequestRecord, RequestState, Store
 
 log = logging.getLogger("falgate.ledger")
 
-_PROGRESS_STATES = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 _CACHE_SIZE = 100_000
 
 
@@ -122,7 +121,7 @@ class Ledger:
                 model_id=op.model.model_id,
                 app_id=op.app_id,
                 created_at=time.time(),
-                state="IN_QUEUE",
+                state=RequestState.IN_QUEUE,
                 cost=admission.cost,
                 budget_day=admission.budget_day,
                 slot=admission.slot,
@@ -137,12 +136,15 @@ class Ledger:
         if refund and admission.budget_day:
             await self._store.refund_budget(admission.caller_id, admission.budget_day, admission.cost)
 
-    async def progress(self, request_id: str, state: str) -> None:
-        if state in _PROGRESS_STATES and self._states.get(request_id) != state:
-            self._states.put(request_id, state)
-            await self._store.set_state(request_id, state)
+    async def progress(self, request_id: str, status: str) -> None:
+        """fal says the request is at `status` (its own string); only IN_QUEUE and IN_PROGRESS move it."""
+        if status not in PROGRESS_ORDER or self._states.get(request_id) == status:
+            return
+        state = RequestState(status)
+        self._states.put(request_id, state)
+        await self._store.set_state(request_id, state)
 
-    async def finish(self, request_id: str, state: str) -> None:
+    async def finish(self, request_id: str, state: RequestState) -> None:
         """Move a request to a terminal state; only the call that made the move frees its slot and refunds."""
         assert state in TERMINAL_STATES
         record = await self._store.finish_request(request_id, state)
@@ -150,7 +152,7 @@ class Ledger:
             return
         if record.slot:
             await self._store.release_slot(record.caller_id, record.slot)
-        if state != "COMPLETED" and record.budget_day and record.cost:
+        if state != RequestState.COMPLETED and record.budget_day and record.cost:
             await self._store.refund_budget(record.caller_id, record.budget_day, record.cost)
         log.info("request finished", extra={"fields": {"request_id": request_id, "state": state}})
 

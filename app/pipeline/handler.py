@@ -26,6 +26,7 @@ from app.pipeline.rewrite import json_body, relay
 from app.relay.client_webhooks import TargetRefused, validate_target_url
 from app.relay.completions import completion_from_result
 from app.relay.readers import fal_status_stream
+from app.store import RequestState
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
 
@@ -170,19 +171,20 @@ async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, s
     assert request_id is not None
     if status is not None:
         state = status.get("status")
-        if state == "COMPLETED":
+        if state == RequestState.COMPLETED:
             try:
                 await gateway.completions.from_upstream(request_id, op.app_id, source="poll")
             except GatewayError:
                 # fal's answer still reaches the caller; the slot frees now, the webhook or poller does the rest.
                 log.info("result fetch after COMPLETED failed", extra={"fields": {"request_id": request_id}})
-                await gateway.ledger.finish(request_id, "FAILED" if status.get("error") else "COMPLETED")
+                finished = RequestState.FAILED if status.get("error") else RequestState.COMPLETED
+                await gateway.ledger.finish(request_id, finished)
         elif isinstance(state, str):
             await gateway.ledger.progress(request_id, state)
     elif op.kind is OpKind.RESULT and code == 200:
         await gateway.completions.record(completion_from_result(request_id, code, content, "poll"))
     elif op.kind is OpKind.CANCEL and code == 202:
-        await gateway.ledger.finish(request_id, "CANCELLED")
+        await gateway.ledger.finish(request_id, RequestState.CANCELLED)
 
 
 async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response:

@@ -20,7 +20,7 @@ from app.callers.ledger import Ledger
 from app.fal.upstream import UpstreamClient
 from app.pipeline.operations import FrontDoor, Operation, OpKind
 from app.relay.bus import EventBus
-from app.store import Completion, Delivery, Event, Store
+from app.store import Completion, Delivery, DeliveryState, Event, RequestState, Store
 
 log = logging.getLogger("falgate.completions")
 
@@ -50,7 +50,7 @@ class Completions:
     async def apply(self, completion: Completion) -> None:
         """Make everything follow from a stored completion. Safe to call any number of times."""
         request_id = completion.request_id
-        await self._ledger.finish(request_id, "COMPLETED" if completion.ok else "FAILED")
+        await self._ledger.finish(request_id, RequestState.COMPLETED if completion.ok else RequestState.FAILED)
         kind = "completed" if completion.ok else "error"
         data = {"request_id": request_id, "status": "OK" if completion.ok else "ERROR", "payload": completion.payload}
         if completion.error:
@@ -84,7 +84,7 @@ class Completions:
             caller_id=caller_id,
             url=url,
             body=client_webhook_body(completion),
-            state="pending",
+            state=DeliveryState.PENDING,
             attempts=0,
             next_attempt_at=now,
             created_at=now,

@@ -20,7 +20,7 @@ from app.pipeline.operations import FrontDoor, Operation, OpKind
 from app.pipeline.rewrite import json_body
 from app.relay.completions import Completions
 from app.relay.leases import Leases
-from app.store import Store
+from app.store import RequestState, Store
 
 log = logging.getLogger("falgate.poller")
 
@@ -72,12 +72,12 @@ class Poller:
             try:
                 response = await self._upstream.send(op, {})
                 state = (json_body(response.content) or {}).get("status") if response.status_code < 300 else None
-                if state == "COMPLETED":
+                if state == RequestState.COMPLETED:
                     await self._completions.from_upstream(record.request_id, record.app_id, source="poll")
                 elif isinstance(state, str):
                     await self._ledger.progress(record.request_id, state)
                 elif response.status_code == 404:
                     # fal no longer knows it (results are kept about an hour): stop holding its slot.
-                    await self._ledger.finish(record.request_id, "FAILED")
+                    await self._ledger.finish(record.request_id, RequestState.FAILED)
             except GatewayError:
                 continue

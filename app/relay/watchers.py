@@ -20,7 +20,7 @@ from app.pipeline.operations import FrontDoor, Operation, OpKind
 from app.pipeline.rewrite import iter_sse_data
 from app.relay.completions import Completions
 from app.relay.leases import Leases
-from app.store import Store
+from app.store import RequestState, Store
 
 log = logging.getLogger("falgate.watchers")
 
@@ -100,11 +100,11 @@ class Watchers:
                     await self._completions.publish(request_id, "logs", {"logs": logs[logs_seen:]})
                     logs_seen = len(logs)
                 current = (state, status.get("queue_position"))
-                if current != last_status and state != "COMPLETED":
+                if current != last_status and state != RequestState.COMPLETED:
                     last_status = current
                     await self._completions.publish(request_id, "status", _status_view(status))
                     await self._ledger.progress(request_id, str(state))
-                if state == "COMPLETED":
+                if state == RequestState.COMPLETED:
                     await self._completions.from_upstream(request_id, app_id, source="stream")
                     return
         finally:

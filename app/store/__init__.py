@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from app.store.base import (
+    PROGRESS_ORDER,
     TERMINAL_STATES,
     Completion,
     Delivery,
+    DeliveryState,
     Event,
     RequestRecord,
+    RequestState,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -19,11 +22,14 @@ if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
 __all__ = [
+    "PROGRESS_ORDER",
     "TERMINAL_STATES",
     "Completion",
     "Delivery",
+    "DeliveryState",
     "Event",
     "RequestRecord",
+    "RequestState",
     "Store",
     "StoreUnavailable",
     "StoredResponse",

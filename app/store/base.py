@@ -9,15 +9,38 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
 from typing import Self
 
-TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+class RequestState(StrEnum):
+    """A request's state. The values are what both backends store and what `/v1/requests` answers;
+    IN_QUEUE, IN_PROGRESS and COMPLETED are also fal's own status strings, so fal's JSON compares equal."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class DeliveryState(StrEnum):
+    """A client-webhook delivery's state. The values are stored as they are, and written literally in
+    the SQLite schema (the partial index on pending deliveries) and in the Redis Lua scripts."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up
+
+
+TERMINAL_STATES = frozenset({RequestState.COMPLETED, RequestState.FAILED, RequestState.CANCELLED})
 
 # Non-terminal states in the order fal moves through them. `set_state` only moves forward, so a
 # late poll saying IN_QUEUE cannot undo an IN_PROGRESS a webhook already reported.
-PROGRESS_ORDER: dict[str, int] = {"IN_QUEUE": 0, "IN_PROGRESS": 1}
+PROGRESS_ORDER: dict[RequestState, int] = {RequestState.IN_QUEUE: 0, RequestState.IN_PROGRESS: 1}
 
 # Retention, shared so both backends forget at the same pace.
 REQUEST_TTL_SECONDS = 7 * 86400
@@ -31,7 +54,7 @@ DELIVERY_INDEX_CAP = 1000  # newest deliveries kept listable per caller
 DELIVERY_HISTORY_CAP = 50  # newest attempts kept per delivery
 
 COMPLETION_SOURCES = frozenset({"webhook", "stream", "poll"})
-DELIVERY_STATES = frozenset({"pending", "delivered", "failed"})
+DELIVERY_STATES = frozenset(DeliveryState)  # `"pending" in DeliveryState` only works from Python 3.12
 
 _MICROS_PER_USD = 1_000_000
 
@@ -47,7 +70,7 @@ class RequestRecord:
     model_id: str
     app_id: str
     created_at: float  # unix seconds
-    state: str  # "IN_QUEUE" | "IN_PROGRESS" | "COMPLETED" | "FAILED" | "CANCELLED"
+    state: RequestState
     cost: float = 0.0  # the reserved budget estimate (USD)
     budget_day: str = ""  # "YYYY-MM-DD" (UTC) the cost was reserved against; "" = no budget
     slot: str = ""  # the in-flight slot token held by this request ("" = none)
@@ -94,7 +117,7 @@ class Delivery:
     caller_id: str
     url: str
     body: bytes  # the exact JSON bytes to send (signed per attempt with a fresh timestamp)
-    state: str  # "pending" | "delivered" | "failed" (gave up)
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     created_at: float
@@ -115,16 +138,20 @@ def from_micros(micros: int) -> float:
     return micros / _MICROS_PER_USD
 
 
-def check_progress_state(state: str) -> None:
+def _values(states: Iterable[StrEnum]) -> list[str]:
+    return sorted(str(state) for state in states)
+
+
+def check_progress_state(state: RequestState) -> None:
     if state not in PROGRESS_ORDER:
         # A terminal state through set_state would bypass finish_request's exactly-once hand-off,
         # and the slot/refund it guards would leak.
-        raise ValueError(f"set_state takes one of {sorted(PROGRESS_ORDER)}, got {state!r}; use finish_request")
+        raise ValueError(f"set_state takes one of {_values(PROGRESS_ORDER)}, got {state!r}; use finish_request")
 
 
-def check_terminal_state(state: str) -> None:
+def check_terminal_state(state: RequestState) -> None:
     if state not in TERMINAL_STATES:
-        raise ValueError(f"finish_request takes one of {sorted(TERMINAL_STATES)}, got {state!r}")
+        raise ValueError(f"finish_request takes one of {_values(TERMINAL_STATES)}, got {state!r}")
 
 
 def check_ttl(ttl: float) -> None:
@@ -139,7 +166,7 @@ def check_completion(completion: Completion) -> None:
 
 def check_delivery(delivery: Delivery) -> None:
     if delivery.state not in DELIVERY_STATES:
-        raise ValueError(f"delivery state must be one of {sorted(DELIVERY_STATES)}, got {delivery.state!r}")
+        raise ValueError(f"delivery state must be one of {_values(DELIVERY_STATES)}, got {delivery.state!r}")
     if not delivery.delivery_id:
         raise ValueError("a delivery needs a delivery_id")
     if not isinstance(delivery.body, bytes):
@@ -197,7 +224,7 @@ class Store(ABC):
         """The caller's requests, newest `created_at` first."""
 
     @abstractmethod
-    async def set_state(self, request_id: str, state: str) -> RequestRecord | None:
+    async def set_state(self, request_id: str, state: RequestState) -> RequestRecord | None:
         """Moves a non-terminal record forward (IN_QUEUE -> IN_PROGRESS).
 
         Never moves a record backward or out of a terminal state; then the record comes back
@@ -205,7 +232,7 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def finish_request(self, request_id: str, state: str) -> RequestRecord | None:
+    async def finish_request(self, request_id: str, state: RequestState) -> RequestRecord | None:
         """Atomically moves a non-terminal record to the terminal `state`.
 
         Returns the record (with its cost, slot and budget_day) only to the one call that made the

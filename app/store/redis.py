@@ -37,6 +37,7 @@ from app.store.base import (
     TERMINAL_STATES,
     Completion,
     RequestRecord,
+    RequestState,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -162,7 +163,7 @@ def _record_from_flat(flat: Any) -> RequestRecord | None:
         model_id=fields["model_id"],
         app_id=fields["app_id"],
         created_at=float(fields["created_at"]),
-        state=fields["state"],
+        state=RequestState(fields["state"]),
         cost=float(fields.get("cost", "0")),
         budget_day=fields.get("budget_day", ""),
         slot=fields.get("slot", ""),
@@ -295,14 +296,14 @@ class RedisStore(RedisRelay, Store):
                     break
         return found[:limit]
 
-    async def set_state(self, request_id: str, state: str) -> RequestRecord | None:
+    async def set_state(self, request_id: str, state: RequestState) -> RequestRecord | None:
         check_progress_state(state)
         progress = sorted(PROGRESS_ORDER, key=PROGRESS_ORDER.__getitem__)
         with self._guard():
             flat = await self._set_state(keys=[self._key("req", request_id)], args=[state, *progress])
         return _record_from_flat(flat)
 
-    async def finish_request(self, request_id: str, state: str) -> RequestRecord | None:
+    async def finish_request(self, request_id: str, state: RequestState) -> RequestRecord | None:
         check_terminal_state(state)
         with self._guard():
             keys = [self._key("req", request_id), self._key("pending")]

@@ -34,6 +34,7 @@ from app.store.base import (
     EVENT_TTL_SECONDS,
     Completion,
     Delivery,
+    DeliveryState,
     Event,
     attempt_entry,
     check_completion,
@@ -57,6 +58,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return seq
 """
+
+# The scripts below write DeliveryState's values literally: 'pending', 'delivered', 'failed'.
 
 # KEYS dlv, hist, due, index; ARGV id, created_at, next_attempt_at, state, ttl, index cap,
 # n (number of hash field/value args), the n args, then history entries.
@@ -167,7 +170,7 @@ def _delivery_from_reply(flat: Any, history: list[bytes]) -> Delivery | None:
         caller_id=text["caller_id"],
         url=text["url"],
         body=bytes(raw["body"]),
-        state=text["state"],
+        state=DeliveryState(text["state"]),
         attempts=int(text["attempts"]),
         next_attempt_at=float(text["next_attempt_at"]),
         created_at=float(text["created_at"]),

@@ -21,7 +21,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ from app.store.base import (
     SPEND_TTL_SECONDS,
     Completion,
     RequestRecord,
+    RequestState,
     Store,
     StoredResponse,
     StoreUnavailable,
@@ -43,7 +44,7 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_checkpoint import Checkpointer
-from app.store.sqlite_events import SQLiteRelay
+from app.store.sqlite_events import SQLiteRelay, request_record
 from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
 from app.store.sqlite_worker import Worker
 
@@ -54,14 +55,10 @@ _BUSY_TIMEOUT_MS = 5000
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
 
-# Column order == field order, so a row is RequestRecord(*row) and a record is _row(record).
+# Column order == field order, so a row is request_record(row) and a record is _row(record).
 _REQUEST_FIELDS = tuple(field.name for field in fields(RequestRecord))
 _REQUEST_COLUMNS = ", ".join(_REQUEST_FIELDS)
 _REQUEST_PLACEHOLDERS = ", ".join("?" for _ in fields(RequestRecord))
-
-
-def _record(row: Iterable[Any]) -> RequestRecord:
-    return RequestRecord(*row)
 
 
 def _row(record: RequestRecord) -> tuple[Any, ...]:
@@ -213,7 +210,7 @@ class SQLiteStore(SQLiteRelay, Store):
     @staticmethod
     def _fetch(db: sqlite3.Connection, request_id: str) -> RequestRecord | None:
         row = _one(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,))
-        return None if row is None else _record(row)
+        return None if row is None else request_record(row)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         return await self._read(lambda db: self._fetch(db, request_id))
@@ -222,9 +219,11 @@ class SQLiteStore(SQLiteRelay, Store):
         query = (
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE caller_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
-        return await self._read(lambda db: [_record(row) for row in db.execute(query, (caller_id, max(limit, 0)))])
+        return await self._read(
+            lambda db: [request_record(row) for row in db.execute(query, (caller_id, max(limit, 0)))]
+        )
 
-    async def set_state(self, request_id: str, state: str) -> RequestRecord | None:
+    async def set_state(self, request_id: str, state: RequestState) -> RequestRecord | None:
         check_progress_state(state)
 
         def op(db: sqlite3.Connection) -> RequestRecord | None:
@@ -239,7 +238,7 @@ class SQLiteStore(SQLiteRelay, Store):
 
         return await self._write(op)
 
-    async def finish_request(self, request_id: str, state: str) -> RequestRecord | None:
+    async def finish_request(self, request_id: str, state: RequestState) -> RequestRecord | None:
         check_terminal_state(state)
 
         def op(db: sqlite3.Connection) -> RequestRecord | None:

@@ -23,8 +23,10 @@ from app.store.base import (
     EVENT_TTL_SECONDS,
     Completion,
     Delivery,
+    DeliveryState,
     Event,
     RequestRecord,
+    RequestState,
     attempt_entry,
     check_completion,
     check_delivery,
@@ -36,10 +38,13 @@ T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], T]
 
 _REQUEST_COLUMNS = ", ".join(field.name for field in fields(RequestRecord))
+_STATE_COLUMN = [field.name for field in fields(RequestRecord)].index("state")
 # Delivery's fields in order, with history stored as JSON text.
 _DELIVERY_FIELDS = tuple(field.name for field in fields(Delivery))
 _DELIVERY_COLUMNS = ", ".join("history_json" if field.name == "history" else field.name for field in fields(Delivery))
 _DELIVERY_PLACEHOLDERS = ", ".join("?" for _ in fields(Delivery))
+# A literal in the SQL, not a parameter: only then can the planner use the partial index deliveries_due.
+_PENDING = f"'{DeliveryState.PENDING}'"
 
 
 def _one(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -54,8 +59,16 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def request_record(row: Sequence[Any]) -> RequestRecord:
+    """A `requests` row (its columns in RequestRecord's field order) as a record."""
+    values = list(row)
+    values[_STATE_COLUMN] = RequestState(values[_STATE_COLUMN])
+    return RequestRecord(*values)
+
+
 def _delivery(row: Sequence[Any]) -> Delivery:
     values = dict(zip(_DELIVERY_FIELDS, row, strict=True))
+    values["state"] = DeliveryState(values["state"])
     values["body"] = bytes(values["body"])
     values["history"] = tuple(json.loads(values["history"]))
     return Delivery(**values)
@@ -82,7 +95,8 @@ class SQLiteRelay:
         db.execute(f"DELETE FROM events WHERE request_id IN ({stale_logs})", (now - EVENT_TTL_SECONDS,))
         db.execute("DELETE FROM event_logs WHERE updated_at < ?", (now - EVENT_TTL_SECONDS,))
         # Pending deliveries are still owed; only settled ones age out.
-        db.execute("DELETE FROM deliveries WHERE state != 'pending' AND updated_at < ?", (now - DELIVERY_TTL_SECONDS,))
+        settled = f"DELETE FROM deliveries WHERE state != {_PENDING} AND updated_at < ?"
+        db.execute(settled, (now - DELIVERY_TTL_SECONDS,))
 
     # --- completions ---
 
@@ -164,7 +178,7 @@ class SQLiteRelay:
             " ORDER BY created_at LIMIT ?"
         )
         return await self._read(
-            lambda db: [RequestRecord(*row) for row in db.execute(query, (older_than, max(limit, 0)))]
+            lambda db: [request_record(row) for row in db.execute(query, (older_than, max(limit, 0)))]
         )
 
     # --- outbox ---
@@ -193,7 +207,7 @@ class SQLiteRelay:
             # Select and lease in one IMMEDIATE transaction: no other connection can pick the same rows.
             rows = _all(
                 db,
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = {_PENDING} AND next_attempt_at <= ?"
                 " AND lease_until <= ? ORDER BY next_attempt_at, rowid LIMIT ?",
                 (now, now, max(limit, 0)),
             )
@@ -223,14 +237,14 @@ class SQLiteRelay:
             now = time.time()
             history = [*current.history, attempt_entry(now, status_code, error, duration_ms)][-DELIVERY_HISTORY_CAP:]
             state, due, delivered_at = current.state, current.next_attempt_at, current.delivered_at
-            if state == "delivered":
+            if state == DeliveryState.DELIVERED:
                 pass  # a late report from a lapsed lease: logged, but delivered stays delivered
             elif ok:
-                state, delivered_at = "delivered", now
+                state, delivered_at = DeliveryState.DELIVERED, now
             elif next_attempt_at is None:
-                state = "failed"
+                state = DeliveryState.FAILED
             else:
-                state, due = "pending", next_attempt_at
+                state, due = DeliveryState.PENDING, next_attempt_at
             db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_status = ?,"
                 " last_error = ?, delivered_at = ?, history_json = ?, lease_until = 0, updated_at = ?"
@@ -255,7 +269,7 @@ class SQLiteRelay:
         def op(db: sqlite3.Connection) -> Delivery | None:
             # lease_until is left alone: an attempt in flight finishes before the re-send is claimable.
             db.execute(
-                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? WHERE delivery_id = ?",
+                f"UPDATE deliveries SET state = {_PENDING}, next_attempt_at = ?, updated_at = ? WHERE delivery_id = ?",
                 (now, time.time(), delivery_id),
             )
             return _fetch_delivery(db, delivery_id)
@@ -263,5 +277,5 @@ class SQLiteRelay:
         return await self._write(op)
 
     async def outbox_depth(self) -> int:
-        query = "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
+        query = f"SELECT COUNT(*) FROM deliveries WHERE state = {_PENDING}"
         return await self._read(lambda db: int(_one(db, query)[0]))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.errors import NotFound
 from app.gateway import CallerDep, GatewayDep
-from app.store import Delivery
+from app.store import Delivery, DeliveryState
 
 router = APIRouter(prefix="/v1/webhooks", tags=["client webhooks"])
 
@@ -20,7 +20,7 @@ def _view(delivery: Delivery) -> dict:
         "url": delivery.url,
         "state": delivery.state,
         "attempts": delivery.attempts,
-        "next_attempt_at": delivery.next_attempt_at if delivery.state == "pending" else None,
+        "next_attempt_at": delivery.next_attempt_at if delivery.state == DeliveryState.PENDING else None,
         "created_at": delivery.created_at,
         "delivered_at": delivery.delivered_at,
         "last_status": delivery.last_status,
