@@ -146,6 +146,3 @@ class RateLimiter:
                 limit=policy,
             )
         return verdict
-
-    async def check(self) -> bool:
-        return True if isinstance(self._storage, InProcessWindows) else await self._storage.check()

@@ -156,9 +156,6 @@ class Fanout:
     def count(self, request_id: str) -> int:
         return len(self._subs.get(request_id, ()))
 
-    def request_ids(self) -> list[str]:
-        return list(self._subs)
-
     def deliver(self, request_id: str, event: Event) -> None:
         subs = self._subs.get(request_id)
         if not subs:
