@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NODE_DIR := tests/node
 
-.PHONY: run test install node-deps system-deps lint bench clean
+.PHONY: run test install node-deps system-deps bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
