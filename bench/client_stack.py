@@ -3,17 +3,23 @@
 Fires a fixed number of GETs (a fal status poll, ~400-byte JSON answer) with a fixed number in flight
 at the fake fal upstream (bench/upstream/server.mjs) through:
 
-  (a) httpx.AsyncClient with its default transport (httpcore)
-  (b) httpx.AsyncClient with httpx_aiohttp.AiohttpTransport (httpx API on an aiohttp pool)
-  (c) aiohttp.ClientSession directly
-  (d) pyreqwest (Rust's reqwest and hyper; what app/fal/upstream.py uses)
-  (e) aiosonic (a pure-Python asyncio client that advertises speed)
+  httpx            httpx.AsyncClient with its default transport (httpcore)
+  httpx-pyreqwest  httpx.AsyncClient on pyreqwest's own transport (pyreqwest.compatibility.httpx.HttpxTransport):
+                   httpx's request/response layer over pyreqwest's connections, so the difference to
+                   `pyreqwest` is what httpx's own layer costs
+  pyreqwest        pyreqwest directly (Rust's reqwest and hyper; what app/fal/upstream.py uses)
+  httpx-aiohttp    httpx.AsyncClient with httpx_aiohttp.AiohttpTransport (optional: the bench extra)
+  aiohttp          aiohttp.ClientSession directly (optional: the app no longer needs aiohttp; it comes
+                   with the bench extra, through httpx-aiohttp, as a comparison)
+  aiosonic         a pure-Python asyncio client that advertises speed (optional: the bench extra)
 
-and prints requests/s, p50 and p99 for each. Each client reads and JSON-decodes the body, as a proxy
-that rewrites URLs would. This script pins itself to one core and the upstream to the other (when the
-machine has two), so the figure is what one gateway process could get out of the client.
+and prints requests/s, p50 and p99 for each. A stack whose package is not installed is skipped with a
+note (the first three need only the app's own dependencies). Each client reads and JSON-decodes the body,
+as a proxy that rewrites URLs would. This script pins itself to one core and the upstream to the other
+(when the machine has two), so the figure is what one gateway process could get out of the client.
 
-    .venv/bin/python bench/client_stack.py                 # starts its own upstream
+    .venv/bin/python bench/client_stack.py                 # starts its own upstream, every installed stack
+    .venv/bin/python bench/client_stack.py --stacks httpx,httpx-pyreqwest,pyreqwest --repeat 2
     .venv/bin/python bench/client_stack.py --url http://127.0.0.1:8701 --concurrency 32 --requests 20000
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -99,6 +106,24 @@ async def bench_httpx_default(url: str, total: int, conc: int) -> dict:
         return await drive("httpx (default transport)", fetch, total, conc)
 
 
+async def bench_httpx_pyreqwest(url: str, total: int, conc: int) -> dict:
+    import httpx
+    from pyreqwest.client import ClientBuilder
+    from pyreqwest.compatibility.httpx import HttpxTransport
+
+    # The transport closes the pyreqwest client it was given when httpx closes the transport.
+    transport = HttpxTransport(ClientBuilder().max_connections(conc).build())
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=30) as client:
+
+        async def fetch() -> None:
+            r = await client.get(STATUS_PATH, headers=HEADERS)
+            r.json()
+            assert r.status_code == 202, r.status_code
+
+        await drive("warmup", fetch, min(total // 10, 2000), conc)
+        return await drive("httpx + pyreqwest HttpxTransport", fetch, total, conc)
+
+
 async def bench_httpx_aiohttp(url: str, total: int, conc: int) -> dict:
     import aiohttp
     import httpx
@@ -170,11 +195,25 @@ async def bench_aiosonic(url: str, total: int, conc: int) -> dict:
 
 STACKS = {
     "httpx": bench_httpx_default,
+    "httpx-pyreqwest": bench_httpx_pyreqwest,
+    "pyreqwest": bench_pyreqwest,
     "httpx-aiohttp": bench_httpx_aiohttp,
     "aiohttp": bench_aiohttp,
-    "pyreqwest": bench_pyreqwest,
     "aiosonic": bench_aiosonic,
 }
+# The modules each stack imports: a stack whose modules are missing is skipped, not an error.
+NEEDS = {
+    "httpx": ["httpx"],
+    "httpx-pyreqwest": ["httpx", "pyreqwest"],
+    "pyreqwest": ["pyreqwest"],
+    "httpx-aiohttp": ["httpx", "httpx_aiohttp", "aiohttp"],
+    "aiohttp": ["aiohttp"],
+    "aiosonic": ["aiosonic"],
+}
+
+
+def missing_modules(stack: str) -> list[str]:
+    return [m for m in NEEDS[stack] if importlib.util.find_spec(m) is None]
 
 
 def start_upstream(port: int) -> subprocess.Popen:
@@ -202,9 +241,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=int(os.environ.get("BENCH_CLIENT_REQUESTS", "20000")))
     ap.add_argument("--concurrency", type=int, default=int(os.environ.get("BENCH_CONNECTIONS", "32")))
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (uvicorn uses uvloop)")
-    ap.add_argument("--stacks", default=",".join(STACKS), help=f"comma list of {', '.join(STACKS)}")
+    ap.add_argument("--stacks", default=",".join(STACKS),
+                    help=f"comma list of {', '.join(STACKS)} (default: all; those not installed are skipped)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each stack this many times (in turn, round by round)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    stacks = [name.strip() for name in args.stacks.split(",") if name.strip()]
+    for name in stacks:
+        if name not in STACKS:
+            ap.error(f"unknown stack {name!r} (known: {', '.join(STACKS)})")
 
     if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
@@ -226,11 +271,19 @@ def main() -> None:
     results = []
     try:
         print(f"client stacks: {args.requests} GETs, {args.concurrency} in flight, {args.loop}, one core, upstream {url}")
-        for name in args.stacks.split(","):
-            res = runner(STACKS[name.strip()](url, args.requests, args.concurrency))
-            results.append(res)
-            print(f"  {res['stack']:<42} {res['rps']:>9.1f} req/s   p50 {res['p50_ms']:>6.2f} ms   p99 {res['p99_ms']:>6.2f} ms"
-                  + (f"   errors {res['errors']}" if res["errors"] else ""))
+        for name in stacks:
+            if missing := missing_modules(name):
+                print(f"  {name:<42} skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')")
+        stacks = [name for name in stacks if not missing_modules(name)]
+        for rnd in range(args.repeat):
+            if args.repeat > 1:
+                print(f" run {rnd + 1}/{args.repeat}")
+            for name in stacks:
+                res = runner(STACKS[name](url, args.requests, args.concurrency))
+                res["run"] = rnd + 1
+                results.append(res)
+                print(f"  {res['stack']:<42} {res['rps']:>9.1f} req/s   p50 {res['p50_ms']:>6.2f} ms   "
+                      f"p99 {res['p99_ms']:>6.2f} ms" + (f"   errors {res['errors']}" if res["errors"] else ""))
     finally:
         if upstream is not None:
             upstream.terminate()
