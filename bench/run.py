@@ -16,8 +16,18 @@ Front doors:
   falgate-queue  POST /fal-ai/kling-video/v2.1/standard/image-to-video, GET /fal-ai/kling-video/requests/{id}/status
                  (falgate's mirrored queue paths)
 
+Compare mode (`--compare REV`, env BENCH_COMPARE): falgate at REV (checked out into a temporary git worktree,
+removed at the end) against falgate from the current working tree, same interpreter and venv, alternately
+(old, new, old, new, ...) on the falgate front doors and both paths, BENCH_ROUNDS rounds; prints each
+round's req/s and the median new/old ratio per path and front door, with p50/p99. No Express.
+
+Settings (`--settings`, env BENCH_SETTINGS): `bench` (log level warning, no authentication) or `production`
+(falgate's defaults: log level info, FALGATE_AUTH=api_key with a key that every request carries as
+`Authorization: Bearer ...`). Both raise the rate limits and the in-flight cap out of the way. Compare mode
+defaults to `production`, the Express comparison to `bench`.
+
 Options can also be given as env vars: BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_PICK,
-BENCH_TARGETS, BENCH_PATHS.
+BENCH_TARGETS, BENCH_PATHS, BENCH_COMPARE, BENCH_SETTINGS, BENCH_GATEWAY_CWD, BENCH_TOLERANCE.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -64,6 +76,7 @@ ALL_PATHS = ["status", "submit"]
 
 # --------------------------------------------------------------------------------------------- processes
 _children: list[subprocess.Popen] = []
+_cleanups: list = []  # callables run once after the processes are stopped (e.g. removing a git worktree)
 
 
 def _kill_group(proc: subprocess.Popen, timeout: float = 8.0) -> None:
@@ -87,6 +100,11 @@ def _kill_group(proc: subprocess.Popen, timeout: float = 8.0) -> None:
 def cleanup() -> None:
     while _children:
         _kill_group(_children.pop())
+    while _cleanups:
+        try:
+            _cleanups.pop()()
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on; say what was left behind
+            print(f"cleanup: {exc}", file=sys.stderr)
 
 
 def _on_signal(signum, _frame) -> None:
@@ -213,14 +231,16 @@ class Scenario:
     body: str | None = None
 
 
-def scenario(path: str, target: str, request_id: str) -> Scenario:
+def scenario(path: str, target: str, request_id: str, extra: dict[str, str] | None = None) -> Scenario:
+    """The request of a scenario; `extra` headers (the caller's Authorization) are added to it."""
+    extra = extra or {}
     if path == "status":
         fal_path = f"/{APP}/requests/{request_id}/status?logs=1"
         if target == "falgate-queue":
-            return Scenario(path, target, "GET", fal_path)
-        return Scenario(path, target, "GET", "/api/fal/proxy", {"x-fal-target-url": FAL_QUEUE + fal_path})
+            return Scenario(path, target, "GET", fal_path, {**extra})
+        return Scenario(path, target, "GET", "/api/fal/proxy", {**extra, "x-fal-target-url": FAL_QUEUE + fal_path})
     if path == "submit":
-        headers = {"content-type": "application/json"}
+        headers = {**extra, "content-type": "application/json"}
         if target == "falgate-queue":
             return Scenario(path, target, "POST", f"/{MODEL}", headers, SUBMIT_BODY)
         headers["x-fal-target-url"] = f"{FAL_QUEUE}/{MODEL}"
@@ -252,9 +272,9 @@ def check(base: str, sc: Scenario) -> dict:
     return info
 
 
-def first_request_id(base: str, target: str) -> str | None:
+def first_request_id(base: str, target: str, extra: dict[str, str] | None = None) -> str | None:
     """Submit once through this front door; the status path then polls that (real) request id."""
-    status, body = send_once(base, scenario("submit", target, ""))
+    status, body = send_once(base, scenario("submit", target, "", extra))
     try:
         rid = json.loads(body).get("request_id") if 200 <= status < 300 else None
     except ValueError:
@@ -511,6 +531,140 @@ def print_profile(summary: dict, title: str, top: int = 12) -> None:
         print(f"      {v:5.1f}%  {k}")
 
 
+# --------------------------------------------------------------------------------------------- falgate's settings
+BENCH_CALLER = "bench"
+
+
+@dataclass
+class GatewaySettings:
+    """How falgate is configured and called.
+
+    bench:      log level warning, no authentication (anonymous callers allowed), as in the Express comparison.
+    production: falgate's own defaults where they cost time per request: log level info (one access log
+                line per request) and FALGATE_AUTH=api_key, the key held as a sha256 entry and sent by the
+                load generator as `Authorization: Bearer <key>`.
+    Both raise the rate limits and the in-flight cap out of the way (at the defaults the benchmark would
+    measure 429s), and use falgate's default kind of store, a fresh SQLite file per scenario."""
+
+    mode: str  # bench | production
+    key: str | None = None
+
+    @classmethod
+    def of(cls, mode: str) -> GatewaySettings:
+        return cls(mode, secrets.token_urlsafe(32) if mode == "production" else None)
+
+    def env(self) -> dict[str, str]:
+        if self.mode == "production":
+            digest = hashlib.sha256(self.key.encode()).hexdigest()
+            return {"FALGATE_LOG_LEVEL": "info", "FALGATE_AUTH": "api_key",
+                    "FALGATE_API_KEYS": f"{BENCH_CALLER}:sha256:{digest}"}
+        return {"FALGATE_LOG_LEVEL": "warning", "FALGATE_AUTH": "none", "FALGATE_ALLOW_ANONYMOUS": "true"}
+
+    def headers(self, target: str) -> dict[str, str]:
+        """What a caller of this front door sends besides the request itself (only falgate takes a key)."""
+        if self.key and target.startswith("falgate"):
+            return {"authorization": f"Bearer {self.key}"}
+        return {}
+
+    def describe(self) -> str:
+        if self.mode == "production":
+            return "production settings (log level info, FALGATE_AUTH=api_key, Bearer key on every request)"
+        return "bench settings (log level warning, FALGATE_AUTH=none)"
+
+
+def redacted(headers: dict[str, str]) -> dict[str, str]:
+    """Headers as written to the results: no key, even a throwaway one."""
+    return {k: ("Bearer <redacted>" if k.lower() == "authorization" else v) for k, v in headers.items()}
+
+
+# --------------------------------------------------------------------------------------------- trees (compare mode)
+def git(*argv: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(["git", *argv], cwd=cwd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"git {' '.join(argv)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def add_worktree(rev: str) -> tuple[Path, str]:
+    """Check REV out into a temporary git worktree (detached), removed again by cleanup()."""
+    sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    tree = Path(tempfile.mkdtemp(prefix="falgate-bench-old-"))
+
+    def remove() -> None:
+        try:
+            git("worktree", "remove", "--force", str(tree))
+        except RuntimeError:
+            shutil.rmtree(tree, ignore_errors=True)
+            git("worktree", "prune")
+        print(f"removed the worktree {tree}")
+
+    _cleanups.append(remove)
+    git("worktree", "add", "--detach", str(tree), sha)
+    return tree, sha
+
+
+# Run in a tree with the gateway's interpreter and environment: which `app` it imports, and which of that
+# tree's declared dependencies this venv lacks (or has in a version the tree does not accept).
+_PREFLIGHT = r"""
+import json, re, sys, tomllib
+from importlib import metadata
+from pathlib import Path
+import app
+out = {"app_file": app.__file__, "python": sys.executable, "missing": [], "aiohttp_importers": []}
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    Requirement = None
+try:
+    deps = tomllib.loads(Path("pyproject.toml").read_text()).get("project", {}).get("dependencies", [])
+except OSError:
+    deps = []
+for dep in deps:
+    spec = None
+    if Requirement is not None:
+        req = Requirement(dep)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name, spec = req.name, req.specifier
+    else:
+        name = re.match(r"[A-Za-z0-9._-]+", dep).group(0)
+    try:
+        have = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        out["missing"].append(dep)
+        continue
+    if spec is not None and not spec.contains(have, prereleases=True):
+        out["missing"].append(f"{dep} (installed: {have})")
+for f in sorted(Path("app").rglob("*.py")):
+    if re.search(r"^\s*(import|from)\s+aiohttp\b", f.read_text(errors="replace"), re.M):
+        out["aiohttp_importers"].append(str(f))
+try:
+    out["aiohttp"] = metadata.version("aiohttp")
+except metadata.PackageNotFoundError:
+    out["aiohttp"] = None
+print(json.dumps(out))
+"""
+
+
+def preflight(tree: Path, gateway_cmd: str, env: dict[str, str]) -> dict:
+    """Which app/ the gateway command's interpreter imports when started in `tree`, and what it lacks."""
+    argv = gateway_cmd.split()
+    out = subprocess.run([argv[0], "-c", _PREFLIGHT], cwd=tree, env=env, check=False, capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv[0]} could not import app in {tree}:\n{out.stderr.strip()}")
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info["imports_from_tree"] = Path(info["app_file"]).resolve().is_relative_to(tree.resolve())
+    return info
+
+
+def process_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------------------------- main
 def machine_info() -> dict:
     cpu = "unknown"
@@ -556,14 +710,43 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="after measuring, profile falgate with py-spy on each scenario")
     ap.add_argument("--gateway-cmd", default=env("BENCH_GATEWAY_CMD", f"{sys.executable} -m app.cli serve"),
                     help="how to start falgate (default: this python -m app.cli serve)")
+    ap.add_argument("--gateway-cwd", default=env("BENCH_GATEWAY_CWD", str(ROOT)),
+                    help="the tree falgate is started in, whose app/ it imports (default: this checkout); "
+                         "in compare mode, the new side")
+    ap.add_argument("--compare", metavar="REV", default=env("BENCH_COMPARE") or None,
+                    help="compare mode: falgate at REV (old, a temporary git worktree) against --gateway-cwd (new), "
+                         "alternately, on the falgate front doors; no Express")
+    ap.add_argument("--settings", choices=["bench", "production"], default=env("BENCH_SETTINGS") or None,
+                    help="falgate's settings: bench (log level warning, no auth) or production (log level info, "
+                         "api_key auth); default production in compare mode, bench otherwise")
+    ap.add_argument("--tolerance", type=float, default=float(env("BENCH_TOLERANCE", 0.05)),
+                    help="compare mode: new may be this much slower than old (median of the per-round ratios)")
     ap.add_argument("--no-pin", action="store_true", help="do not use taskset")
-    ap.add_argument("--output", default=str(RESULTS / "latest.json"))
+    ap.add_argument("--output", default=None,
+                    help="results JSON (default: bench/results/latest.json, compare mode compare-latest.json)")
     args = ap.parse_args()
+    compare = bool(args.compare)
+    if args.settings is None:
+        args.settings = "production" if compare else "bench"
+    if args.output is None:
+        args.output = str(RESULTS / ("compare-latest.json" if compare else "latest.json"))
+    gw = GatewaySettings.of(args.settings)
+    new_tree = Path(args.gateway_cwd).resolve()
 
     wanted = {t.strip() for t in args.targets.split(",") if t.strip()}
     for t in wanted - set(ALL_TARGETS):
         ap.error(f"unknown target {t}")
     targets = [t for t in ALL_TARGETS if t in wanted]  # Express first
+    notes: list[str] = []
+    if compare:
+        if "express" in targets:
+            if env("BENCH_TARGETS") or any(a.startswith("--targets") for a in sys.argv[1:]):
+                notes.append("compare mode measures falgate only: express left out")
+            targets.remove("express")
+        if not targets:
+            ap.error("compare mode needs falgate-proxy and/or falgate-queue in --targets")
+        if args.profile:
+            ap.error("--profile is not supported in compare mode")
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     for p in paths:
         if p not in ALL_PATHS:
@@ -583,17 +766,64 @@ def main() -> int:
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, python {info['python']}, "
           f"node {info['node']}, {info['wrk']}")
-    print(f"load: wrk 1 thread, {args.connections} connections, {args.warmup:g}s warm-up + {args.duration:g}s, {args.rounds} round(s), {args.pick} kept; "
+    print(f"load: wrk 1 thread, {args.connections} connections, {args.warmup:g}s warm-up + {args.duration:g}s, {args.rounds} round(s)"
+          + ("" if compare else f", {args.pick} kept") + "; "
           + ("proxy on core 0, upstream + wrk on core 1" if two_cores else "no CPU pinning"))
+    print(f"falgate: {gw.describe()}")
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("FALGATE_", "FAL_", "BENCH_"))}
+
+    # ---- the trees falgate runs from: (side, tree); one side (None) outside compare mode
+    trees: list[tuple[str | None, Path]] = [(None, new_tree)]
+    tree_info: dict[str, dict] = {}
+    if compare:
+        try:
+            old_tree, old_sha = add_worktree(args.compare)
+        except RuntimeError as exc:
+            print(f"compare: cannot check out {args.compare!r}: {exc}", file=sys.stderr)
+            cleanup()
+            return 2
+        trees = [("old", old_tree), ("new", new_tree)]
+        head = git("rev-parse", "HEAD", cwd=new_tree)
+        dirty = bool(git("status", "--porcelain", "--", "app", "pyproject.toml", cwd=new_tree))
+        tree_info["old"] = {"tree": str(old_tree), "rev": args.compare, "commit": old_sha}
+        tree_info["new"] = {"tree": str(new_tree), "commit": head, "uncommitted_changes_in_app": dirty}
+        check_env = {**base_env, **gw.env(), "FAL_KEY": FAL_KEY, "FALGATE_UPSTREAM": "live"}
+        lacking = []
+        for side, tree in trees:
+            try:
+                pf = preflight(tree, args.gateway_cmd, check_env)
+            except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+                print(f"compare: {side}: {exc}", file=sys.stderr)
+                cleanup()
+                return 2
+            tree_info[side].update(pf)
+            where = "OK" if pf["imports_from_tree"] else "NOT FROM THIS TREE"
+            print(f"{side}: {tree} ({tree_info[side]['commit'][:12]}"
+                  + (", with uncommitted changes in app/" if tree_info[side].get("uncommitted_changes_in_app") else "")
+                  + f"): imports {pf['app_file']} [{where}]")
+            if pf["aiohttp_importers"]:
+                print(f"  {side} tree imports aiohttp in {len(pf['aiohttp_importers'])} file(s) "
+                      f"({', '.join(pf['aiohttp_importers'][:3])}); installed: aiohttp {pf['aiohttp'] or 'NO'}")
+            if not pf["imports_from_tree"]:
+                print(f"compare: {side}: app is imported from {pf['app_file']}, not from {tree}", file=sys.stderr)
+                cleanup()
+                return 2
+            if pf["missing"] or (pf["aiohttp_importers"] and not pf["aiohttp"]):
+                lacking += [f"{side}: {m}" for m in pf["missing"] or ["aiohttp"]]
+        if lacking:
+            print("compare: this venv lacks what a tree declares:\n  " + "\n  ".join(lacking)
+                  + f"\ninstall it first, e.g. {Path(args.gateway_cmd.split()[0]).parent}/pip install 'NAME>=VERSION'",
+                  file=sys.stderr)
+            cleanup()
+            return 2
+
     up_port = free_port()
     upstream = start_service("upstream", pinned(["node", str(BENCH / "upstream" / "server.mjs"), "--port", str(up_port)], load_core),
                              up_port, base_env, BENCH, logdir)
     print(f"fake upstream: {upstream.url} (pid {upstream.proc.pid})")
 
-    rows: dict[tuple[str, str], dict] = {}  # (path, target) -> row with "runs": [...]
-    notes: list[str] = []
+    rows: dict[tuple, dict] = {}  # (path, target) or (path, target, side) -> row with "runs": [...]
 
     def start_express() -> Service:
         ex_dir = BENCH / "express-proxy"
@@ -604,9 +834,9 @@ def main() -> int:
                   "HOST": "127.0.0.1", "NODE_ENV": "production"}
         return start_service("express-proxy", pinned(["node", "server.mjs"], proxy_core), port, ex_env, ex_dir, logdir)
 
-    def start_falgate() -> Service:
+    def start_falgate(tree: Path, side: str | None) -> tuple[Service, Path]:
         port = free_port()
-        store = Path(tempfile.mkdtemp(prefix="falgate-bench-")) / "falgate.db"
+        store_dir = Path(tempfile.mkdtemp(prefix="falgate-bench-"))
         fg_env = {
             **base_env,
             "FAL_KEY": FAL_KEY,
@@ -618,13 +848,11 @@ def main() -> int:
             "FALGATE_PORT": str(port),
             "FALGATE_HOST": "127.0.0.1",
             "FALGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "FALGATE_LOG_LEVEL": "warning",
-            "FALGATE_AUTH": "none",
-            "FALGATE_ALLOW_ANONYMOUS": "true",
+            **gw.env(),
             "FALGATE_RATE_LIMIT_SUBMIT": "1000000/minute",
             "FALGATE_RATE_LIMIT_READ": "1000000/minute",
             "FALGATE_MAX_INFLIGHT": "1000000",
-            "FALGATE_STORE_URL": f"sqlite:///{store}",
+            "FALGATE_STORE_URL": f"sqlite:///{store_dir / 'falgate.db'}",
             "FALGATE_WORKERS": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -632,38 +860,61 @@ def main() -> int:
         for kv in env("BENCH_FALGATE_ENV", "").split():
             k, _, v = kv.partition("=")
             fg_env[k] = v
-        return start_service("falgate", pinned(args.gateway_cmd.split(), proxy_core), port, fg_env, ROOT, logdir)
+        name = "falgate" if side is None else f"falgate-{side}"
+        try:
+            svc = start_service(name, pinned(args.gateway_cmd.split(), proxy_core), port, fg_env, tree, logdir)
+        except RuntimeError:
+            shutil.rmtree(store_dir, ignore_errors=True)
+            raise
+        if side is not None:  # the serving process runs in the side's tree (so its `app` is that tree's)
+            cwd = process_cwd(svc.proc.pid)
+            if cwd is not None and cwd.resolve() != tree.resolve():
+                stop_service(svc)
+                shutil.rmtree(store_dir, ignore_errors=True)
+                raise RuntimeError(f"{name} runs in {cwd}, not in {tree}")
+            tree_info[side]["server_cwd"] = str(cwd)
+        return svc, store_dir
 
-    def run_scenario(path: str, target: str, rnd: int) -> None:
+    def run_scenario(path: str, target: str, rnd: int, side: str | None = None, tree: Path = new_tree) -> None:
         """One scenario on a freshly started proxy (falgate: with a fresh store), so scenarios do not
         inherit each other's state (falgate's per-submit cost grows with the requests it holds)."""
+        store_dir = None
+        who = target if side is None else f"{target} {side}"
         try:
-            svc = start_express() if target == "express" else start_falgate()
+            if target == "express":
+                svc = start_express()
+            else:
+                svc, store_dir = start_falgate(tree, side)
         except RuntimeError as exc:
-            notes.append(f"{target} not measured: {str(exc).splitlines()[0]}")
-            print(f"  {path:<7} {target:<14} FAILED TO START\n{exc}")
+            notes.append(f"{who} not measured: {str(exc).splitlines()[0]}")
+            print(f"  {path:<7} {who:<18} FAILED TO START\n{exc}")
             return
         try:
-            rid = first_request_id(svc.url, target) if path == "status" else None
+            extra = gw.headers(target)
+            rid = first_request_id(svc.url, target, extra) if path == "status" else None
             if path == "status" and rid is None:
                 rid = "0b5e00000000000000000000"
-            sc = scenario(path, target, rid or "")
+            sc = scenario(path, target, rid or "", extra)
             chk = check(svc.url, sc)
             row = {"path": path, "target": target, "label": TARGET_LABELS[target], "method": sc.method,
-                   "url_path": sc.url_path, "headers": sc.headers, "check": chk}
-            row = rows.setdefault((path, target), {**row, "runs": []})
+                   "url_path": sc.url_path, "headers": redacted(sc.headers), "check": chk}
+            if side is not None:
+                row["side"] = side
+            key = (path, target) if side is None else (path, target, side)
+            row = rows.setdefault(key, {**row, "runs": []})
             if not chk["ok"]:
-                print(f"  {path:<7} {target:<14} SKIPPED: check answered {chk['status']}: {chk['sample'][:200]}")
+                print(f"  {path:<7} {who:<18} SKIPPED: check answered {chk['status']}: {chk['sample'][:200]}")
                 row["skipped"] = f"check answered {chk['status']}"
                 return
             res = measure(svc, sc, args, load_core, upstream, proxy_core)
+            res["round"] = rnd
             row["runs"].append(res)
             lat = res["latency_us"]
             err = f"  errors {res['errors']}" if res["errors_total"] else ""
             foreign = res.get("foreign_cpu_pct_on_proxy_core", 0)
             if foreign > 10:
                 err += f"  WARNING: other programs used {foreign:.0f}% of the proxy's core"
-            print(f"  {path:<7} {target:<14} {res['rps']:>9.1f} req/s ({res['rps_per_cpu_s']:>6.0f}/cpu-s)  p50 {lat['p50'] / 1000:>7.2f} ms  "
+            print(f"  {path:<7} {who:<18} {res['rps']:>9.1f} req/s ({res['rps_per_cpu_s']:>6.0f}/cpu-s)  p50 {lat['p50'] / 1000:>7.2f} ms  "
                   f"p99 {lat['p99'] / 1000:>7.2f} ms  cpu: proxy {res['proxy_cpu_pct']:>5.1f}% upstream "
                   f"{res['upstream_cpu_pct']:>5.1f}% cores {'/'.join(f'{v:.0f}' for v in res['core_busy_pct'].values())}%{err}")
             if args.profile and target.startswith("falgate") and rnd == args.rounds - 1:
@@ -673,17 +924,21 @@ def main() -> int:
                     print_profile(summary, f"{target} {path}")
         finally:
             stop_service(svc)
+            if store_dir is not None:
+                shutil.rmtree(store_dir, ignore_errors=True)
 
     def one_round(rnd: int) -> None:
-        if any(t.startswith("falgate") for t in targets) and "app.cli" in args.gateway_cmd \
-                and not (ROOT / "app" / "cli.py").exists():
+        missing_cli = "app.cli" in args.gateway_cmd and any(not (tree / "app" / "cli.py").exists() for _, tree in trees)
+        if any(t.startswith("falgate") for t in targets) and missing_cli:
             notes.append("falgate not measured: app/cli.py does not exist yet")
-        # Proxies one after the other, never together; Express first on each path.
+        # Proxies one after the other, never together; Express first on each path. In compare mode each
+        # scenario runs old then new, so the whole run alternates old, new, old, new.
         for path in paths:
             for target in targets:
                 if target.startswith("falgate") and "falgate not measured: app/cli.py does not exist yet" in notes:
                     continue
-                run_scenario(path, target, rnd)
+                for side, tree in (trees if target.startswith("falgate") else [(None, new_tree)]):
+                    run_scenario(path, target, rnd, side, tree)
 
     try:
         for rnd in range(args.rounds):
@@ -694,7 +949,29 @@ def main() -> int:
         stop_service(upstream)
         cleanup()
 
-    # ---- table
+    settings_doc = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
+                    "rounds": args.rounds, "wrk_threads": 1, "pinning": two_cores, "proxy_core": proxy_core,
+                    "load_and_upstream_core": load_core, "falgate_settings": args.settings}
+    if compare:
+        doc = report_compare(rows, paths, targets, args, notes)
+        doc.update({"settings": settings_doc, "trees": tree_info})
+    else:
+        settings_doc["pick"] = args.pick
+        doc = report_express(rows, paths, targets, args, notes)
+        doc["settings"] = settings_doc
+    doc = {"when": dt.datetime.now().isoformat(timespec="seconds"), "machine": info, **doc, "logs": str(logdir)}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    (RESULTS / f"{'compare' if compare else 'run'}-{stamp}.json").write_text(json.dumps(doc, indent=2))
+    print(f"\nwrote {out}")
+    if any(run.get("errors_total") for r in doc["results"] for run in r.get("all_rounds", [])):
+        print("warning: some runs had errors (see errors in the JSON)")
+    return 0
+
+
+def report_express(rows: dict, paths: list[str], targets: list[str], args, notes: list[str]) -> dict:
+    """The falgate vs Express table and the 2x verdict per path (the default mode)."""
     results: list[dict] = []
     for row in rows.values():
         runs = row.pop("runs")
@@ -739,26 +1016,72 @@ def main() -> int:
                   f"({cpu_ratio:4.2f}x per CPU-second of the kept runs)   2x target: {'MET' if met else 'NOT MET'}")
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
+    return {"results": results, "comparisons": comparisons, "notes": notes}
 
-    doc = {
-        "when": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": info,
-        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
-                     "rounds": args.rounds, "pick": args.pick, "wrk_threads": 1, "pinning": two_cores,
-                     "proxy_core": proxy_core, "load_and_upstream_core": load_core},
-        "results": results,
-        "comparisons": comparisons,
-        "notes": notes,
-        "logs": str(logdir),
-    }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    (RESULTS / f"run-{stamp}.json").write_text(json.dumps(doc, indent=2))
-    print(f"\nwrote {out}")
-    if any(r["errors_total"] for r in by.values()):
-        print("warning: some runs had errors (see errors in the JSON)")
-    return 0
+
+def report_compare(rows: dict, paths: list[str], targets: list[str], args, notes: list[str]) -> dict:
+    """Compare mode: each round's req/s old and new, and per path and front door the median of the
+    per-round new/old ratios (old and new ran a minute apart at most), with the median p50/p99 of each side."""
+    results = []
+    for row in rows.values():
+        runs = row.pop("runs")
+        row["all_rounds"] = runs
+        results.append(row)
+    by = {(r["path"], r["target"], r["side"]): {run["round"]: run for run in r["all_rounds"]} for r in results}
+
+    def med(runs: list[dict], get) -> float:
+        return statistics.median([get(r) for r in runs]) if runs else float("nan")
+
+    comparisons = []
+    print()
+    print(f"{'path':<8} {'front door':<30} {'round':>5} {'old req/s':>10} {'new req/s':>10} {'new/old':>8}")
+    print("-" * 76)
+    for path in paths:
+        for target in targets:
+            old, new = by.get((path, target, "old"), {}), by.get((path, target, "new"), {})
+            for rnd in sorted(set(old) | set(new)):
+                o, n = old.get(rnd), new.get(rnd)
+                ratio = f"{n['rps'] / o['rps']:7.3f}x" if o and n else "-"
+                print(f"{path:<8} {TARGET_LABELS[target]:<30} {rnd + 1:>5} {o['rps'] if o else float('nan'):>10.1f} "
+                      f"{n['rps'] if n else float('nan'):>10.1f} {ratio:>8}")
+    print()
+    print(f"{'path':<8} {'front door':<30} {'old req/s':>10} {'new req/s':>10} {'new/old':>8}  "
+          f"{'p50 ms old/new':>15}  {'p99 ms old/new':>15}  within {args.tolerance:.0%}  {'per cpu-s':>9}")
+    print("-" * 129)
+    for path in paths:
+        for target in targets:
+            old, new = by.get((path, target, "old"), {}), by.get((path, target, "new"), {})
+            both = sorted(set(old) & set(new))
+            if not both:
+                print(f"{path:<8} {TARGET_LABELS[target]:<30} not measured on both sides")
+                continue
+            round_ratios = [new[r]["rps"] / old[r]["rps"] for r in both]
+            ratio = statistics.median(round_ratios)
+            # Requests per CPU-second of falgate: steadier than req/s when other programs take part of its core.
+            cpu_ratio = statistics.median([new[r]["rps_per_cpu_s"] / old[r]["rps_per_cpu_s"] for r in both])
+            o_runs, n_runs = [old[r] for r in both], [new[r] for r in both]
+            lat = {side: {q: med(runs, lambda r, q=q: r["latency_us"][q] / 1000) for q in ("p50", "p99")}
+                   for side, runs in (("old", o_runs), ("new", n_runs))}
+            ok = ratio >= 1 - args.tolerance
+            comparisons.append({
+                "path": path, "falgate": target, "rounds": len(both), "ratio_new_old": round(ratio, 3),
+                "round_ratios": [round(r, 3) for r in round_ratios], "per_cpu_ratio_new_old": round(cpu_ratio, 3),
+                "old_rps_median": round(med(o_runs, lambda r: r["rps"]), 1),
+                "new_rps_median": round(med(n_runs, lambda r: r["rps"]), 1),
+                "old_rps_per_cpu_s_median": round(med(o_runs, lambda r: r["rps_per_cpu_s"]), 1),
+                "new_rps_per_cpu_s_median": round(med(n_runs, lambda r: r["rps_per_cpu_s"]), 1),
+                "latency_ms_median": lat, "within_tolerance": ok, "tolerance": args.tolerance})
+            c = comparisons[-1]
+            print(f"{path:<8} {TARGET_LABELS[target]:<30} {c['old_rps_median']:>10.1f} {c['new_rps_median']:>10.1f} "
+                  f"{ratio:>7.3f}x  {lat['old']['p50']:>6.2f}/{lat['new']['p50']:<8.2f}  "
+                  f"{lat['old']['p99']:>6.2f}/{lat['new']['p99']:<8.2f}  {'yes' if ok else 'NO ':<10} {cpu_ratio:>8.3f}x"
+                  + (f"   (rounds: {' '.join(f'{r:.3f}x' for r in round_ratios)})" if len(round_ratios) > 1 else ""))
+    print(f"\nnew/old: the median of the per-round ratios of req/s (per cpu-s: of requests per CPU-second of "
+          f"falgate); req/s and latencies: medians over the rounds; within {args.tolerance:.0%}: new/old >= "
+          f"{1 - args.tolerance:.2f}")
+    for n in dict.fromkeys(notes):
+        print(f"note: {n}")
+    return {"mode": "compare", "results": results, "comparisons": comparisons, "notes": notes}
 
 
 if __name__ == "__main__":
