@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.doors.table import PROXY_METHODS, OperationFactory
+from app.doors.table import PROXY_METHODS
 from app.doors.target_url import parse_target
 from app.errors import MethodNotAllowed
 from app.pipeline.operations import Operation
@@ -21,11 +21,10 @@ TAG = "@fal-ai/client proxy"
 _ALLOW = ", ".join(PROXY_METHODS)
 
 
-def proxy_operation(allow_token_minting: bool) -> OperationFactory:
-    def factory(request: Request, query: dict[str, str]) -> Operation:
-        return parse_target(request.method, request.headers.get(TARGET_HEADER), allow_token_minting)
-
-    return factory
+def proxy_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+    """The operation a proxy request's `x-fal-target-url` names; `found` is (allow_token_minting,)."""
+    (allow_token_minting,) = found
+    return parse_target(request.method, request.headers.get(TARGET_HEADER), allow_token_minting)
 
 
 async def _other_method(request: Request) -> Response:

@@ -14,14 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.catalog.models import APP_IDS, CATALOG
-from app.doors.table import (
-    PER_REQUEST_ROUTES,
-    SUBMIT_METHOD,
-    OperationFactory,
-    PerRequestRoute,
-    per_request_route,
-    tail_pattern,
-)
+from app.doors.table import PER_REQUEST_ROUTES, SUBMIT_METHOD, DoorMatch, per_request_route, tail_pattern
 from app.errors import NotFound
 from app.pipeline.operations import (
     FrontDoor,
@@ -35,28 +28,23 @@ from app.pipeline.operations import (
 TAG = "queue (fal mirror)"
 
 _PER_REQUEST_PATH = re.compile(rf"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?P<tail>{tail_pattern()})?$")
-def _submit_factory(model_id: str) -> OperationFactory:
-    def factory(request: Request, query: dict[str, str]) -> Operation:
-        return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
-
-    return factory
+def _submit_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+    (model_id,) = found
+    return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
 
 
-def _per_request_factory(route: PerRequestRoute, app_path: str, request_id: str) -> OperationFactory:
-    def factory(request: Request, query: dict[str, str]) -> Operation:
-        return per_request_operation(route.kind, FrontDoor.REST, app_path, request_id, query.get("logs"))
-
-    return factory
+def _per_request_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+    route, app_path, request_id = found
+    return per_request_operation(route.kind, FrontDoor.REST, app_path, request_id, query.get("logs"))
 
 
-_SUBMITS: dict[str, OperationFactory] = {f"/{model_id}": _submit_factory(model_id) for model_id in CATALOG}
+_SUBMITS: dict[str, DoorMatch] = {f"/{model_id}": (f"/{model_id}", _submit_operation, (model_id,)) for model_id in CATALOG}
 
 
-def match(method: str, path: str) -> tuple[str, OperationFactory] | None:
-    """The route template and operation factory of a queue request, or None for the routers to answer."""
+def match(method: str, path: str) -> DoorMatch | None:
+    """The route template, operation factory and path values of a queue request, or None for the routers."""
     if method == SUBMIT_METHOD:
-        factory = _SUBMITS.get(path)
-        return None if factory is None else (path, factory)
+        return _SUBMITS.get(path)
     found = _PER_REQUEST_PATH.match(path)
     if found is None:
         return None
@@ -66,7 +54,7 @@ def match(method: str, path: str) -> tuple[str, OperationFactory] | None:
     # An unknown app is not a front-door request: the catch-all answers it (404), or another route does.
     if route is None or not (app_path in APP_IDS or app_path in CATALOG):
         return None
-    return route.template, _per_request_factory(route, app_path, found["request_id"])
+    return route.template, _per_request_operation, (route, app_path, found["request_id"])
 
 
 router = APIRouter(tags=[TAG])

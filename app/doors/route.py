@@ -17,41 +17,56 @@ from starlette.types import Receive, Scope, Send
 
 from app.doors import queue
 from app.doors.proxy import proxy_operation
-from app.doors.table import PROXY_METHODS, OperationFactory
+from app.doors.table import PROXY_METHODS, DoorMatch
 from app.ops.access import ROUTE_TEMPLATE
 from app.pipeline.handler import handle
 
-# Where a match leaves its operation factory (its route template goes where the access log reads it).
+# Where a match leaves its operation factory and path values (its route template goes where the access
+# log reads it).
 _FACTORY = "falgate.operation_factory"
+_FOUND = "falgate.path_values"
+# Clients repeat the same few query strings (`logs=1`); parsed once each, up to this many kept.
+_QUERY_CACHE_SIZE = 256
 
 
 class FrontDoors(BaseRoute):
     def __init__(self, proxy_path: str, allow_token_minting: bool) -> None:
         self._proxy_path = proxy_path
-        self._proxy = proxy_operation(allow_token_minting)
+        self._proxy: DoorMatch = (proxy_path, proxy_operation, (allow_token_minting,))
         self._proxy_methods = frozenset(PROXY_METHODS)
+        self._queries: dict[bytes, dict[str, str]] = {}
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
         method = scope["method"]
         path = get_route_path(scope)
-        found: tuple[str, OperationFactory] | None
+        found: DoorMatch | None
         if path == self._proxy_path:
-            found = (path, self._proxy) if method in self._proxy_methods else None
+            found = self._proxy if method in self._proxy_methods else None
         else:
             found = queue.match(method, path)
         if found is None:
             return Match.NONE, {}
-        return Match.FULL, {ROUTE_TEMPLATE: found[0], _FACTORY: found[1]}
+        template, factory, values = found
+        return Match.FULL, {ROUTE_TEMPLATE: template, _FACTORY: factory, _FOUND: values}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
-        raw_query = scope["query_string"]
-        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
-        op = scope[_FACTORY](request, query)
+        op = scope[_FACTORY](request, self._query(scope["query_string"]), scope[_FOUND])
         response = await handle(scope["app"].state.gateway, op, request)
         await response(scope, receive, send)
+
+    def _query(self, raw: bytes) -> dict[str, str]:
+        """The parsed query string; callers only read it."""
+        if not raw:
+            return {}
+        parsed = self._queries.get(raw)
+        if parsed is None:
+            if len(self._queries) >= _QUERY_CACHE_SIZE:
+                self._queries.clear()
+            parsed = self._queries[raw] = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+        return parsed
 
     def url_path_for(self, name: str, /, **path_params: object) -> object:
         raise NoMatchFound(name, path_params)

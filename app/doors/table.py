@@ -8,7 +8,7 @@ same operation on the other, and nobody keeps a copy of the table that could dri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -17,8 +17,11 @@ from app.pipeline.operations import Operation, OpKind
 SUBMIT_METHOD = "POST"
 PROXY_METHODS = ("GET", "POST", "PUT")
 
-# What a front door makes of a matched request: the operation, from the request and its parsed query.
-OperationFactory = Callable[[Request, dict[str, str]], Operation]
+# What a front door makes of a matched request: the operation, from the request, its parsed query and
+# what matching the path found (a tuple, so a match allocates no closure per request).
+OperationFactory = Callable[[Request, dict[str, str], tuple], Operation]
+# A matched front-door request: its route template (for metrics and logs), factory and path values.
+DoorMatch = tuple[str, OperationFactory, tuple]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +32,12 @@ class PerRequestRoute:
     method: str
     tail: tuple[str, ...]  # the path segments after the request id
     summary: str
+    # The path template, as metrics and logs label requests (Starlette's syntax; /docs drops `:path`).
+    template: str = field(init=False)
 
-    @property
-    def template(self) -> str:
-        """The path template, as metrics and logs label requests (Starlette's syntax; /docs drops `:path`)."""
-        return "/{app_path:path}/requests/{request_id}" + "".join(f"/{segment}" for segment in self.tail)
+    def __post_init__(self) -> None:
+        tail = "".join(f"/{segment}" for segment in self.tail)
+        object.__setattr__(self, "template", "/{app_path:path}/requests/{request_id}" + tail)
 
 
 PER_REQUEST_ROUTES: tuple[PerRequestRoute, ...] = (
