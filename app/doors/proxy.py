@@ -7,6 +7,7 @@ other methods.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -21,7 +22,7 @@ TAG = "@fal-ai/client proxy"
 _ALLOW = ", ".join(PROXY_METHODS)
 
 
-def proxy_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+def proxy_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
     """The operation a proxy request's `x-fal-target-url` names; `found` is (allow_token_minting,)."""
     (allow_token_minting,) = found
     return parse_target(request.method, request.headers.get(TARGET_HEADER), allow_token_minting)

@@ -9,6 +9,7 @@ defaults). Paths that match nothing end in `router`'s catch-all.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -28,12 +29,14 @@ from app.pipeline.operations import (
 TAG = "queue (fal mirror)"
 
 _PER_REQUEST_PATH = re.compile(rf"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?P<tail>{tail_pattern()})?$")
-def _submit_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+
+
+def _submit_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
     (model_id,) = found
     return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
 
 
-def _per_request_operation(request: Request, query: dict[str, str], found: tuple) -> Operation:
+def _per_request_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
     route, app_path, request_id = found
     return per_request_operation(route.kind, FrontDoor.REST, app_path, request_id, query.get("logs"))
 

@@ -9,6 +9,8 @@ to the routes after it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -25,8 +27,11 @@ from app.pipeline.handler import handle
 # log reads it).
 _FACTORY = "falgate.operation_factory"
 _FOUND = "falgate.path_values"
-# Clients repeat the same few query strings (`logs=1`); parsed once each, up to this many kept.
+# Clients repeat the same few short query strings (`logs=1`): parsed once each, up to this many kept, so
+# a stream of distinct or long ones costs a bounded amount of memory.
 _QUERY_CACHE_SIZE = 256
+_QUERY_CACHE_MAX_BYTES = 256
+_NO_QUERY: Mapping[str, str] = MappingProxyType({})
 
 
 class FrontDoors(BaseRoute):
@@ -34,7 +39,7 @@ class FrontDoors(BaseRoute):
         self._proxy_path = proxy_path
         self._proxy: DoorMatch = (proxy_path, proxy_operation, (allow_token_minting,))
         self._proxy_methods = frozenset(PROXY_METHODS)
-        self._queries: dict[bytes, dict[str, str]] = {}
+        self._queries: dict[bytes, Mapping[str, str]] = {}
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
@@ -57,15 +62,17 @@ class FrontDoors(BaseRoute):
         response = await handle(scope["app"].state.gateway, op, request)
         await response(scope, receive, send)
 
-    def _query(self, raw: bytes) -> dict[str, str]:
-        """The parsed query string; callers only read it."""
+    def _query(self, raw: bytes) -> Mapping[str, str]:
+        """The parsed query string, read-only: a cached one is shared by every request that sent it."""
         if not raw:
-            return {}
+            return _NO_QUERY
         parsed = self._queries.get(raw)
         if parsed is None:
-            if len(self._queries) >= _QUERY_CACHE_SIZE:
-                self._queries.clear()
-            parsed = self._queries[raw] = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+            parsed = MappingProxyType(dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)))
+            if len(raw) <= _QUERY_CACHE_MAX_BYTES:
+                if len(self._queries) >= _QUERY_CACHE_SIZE:
+                    self._queries.clear()
+                self._queries[raw] = parsed
         return parsed
 
     def url_path_for(self, name: str, /, **path_params: object) -> object:

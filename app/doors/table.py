@@ -7,7 +7,7 @@ same operation on the other, and nobody keeps a copy of the table that could dri
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -19,7 +19,7 @@ PROXY_METHODS = ("GET", "POST", "PUT")
 
 # What a front door makes of a matched request: the operation, from the request, its parsed query and
 # what matching the path found (a tuple, so a match allocates no closure per request).
-OperationFactory = Callable[[Request, dict[str, str], tuple], Operation]
+OperationFactory = Callable[[Request, Mapping[str, str], tuple], Operation]
 # A matched front-door request: its route template (for metrics and logs), factory and path values.
 DoorMatch = tuple[str, OperationFactory, tuple]
 
