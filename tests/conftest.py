@@ -96,3 +96,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 pytest_plugins = ["tests.store_backends"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    # Imported here: the fault suite's tally is only filled when its tests ran.
+    from tests.faults.tally import TALLY
+
+    if TALLY.scenarios:
+        terminalreporter.write_line(TALLY.summary())

@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.store import Store, open_store
+from tests.redis_server import redis_url
 
-REDIS_URL = os.environ.get("FALGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get("FALGATE_TEST_REDIS_URL", redis_url(15))
 
 
 @dataclass

@@ -14,11 +14,12 @@ import redis
 
 from tests.conftest import Upstream, leak_checked_client, wait_completed
 from tests.invalid_bodies import VALID_BODIES
+from tests.redis_server import redis_url
 from tests.servers import Server, start_gateway
 
 KLING = "fal-ai/kling-video/v2.1/standard/image-to-video"
 KLING_COST = 0.25  # 5 s at the default 0.05 USD per second
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = redis_url(13)
 KEYS = {"alice": "alice-key-" + uuid.uuid4().hex, "bob": "bob-key-" + uuid.uuid4().hex}
 # Caller ids unique to this run: two runs sharing the Redis test db never see each other's requests.
 RUN = uuid.uuid4().hex[:8]

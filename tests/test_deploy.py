@@ -42,6 +42,7 @@ import yaml
 from app.settings import Settings
 from tests.conftest import leak_checked_client, wait_completed
 from tests.invalid_bodies import KLING, VALID_BODIES
+from tests.redis_server import redis_url
 from tests.servers import ROOT, Server, free_port, start_emulator, start_gateway, wait_completed_flow
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -51,7 +52,7 @@ NGINX_TEMPLATE = DEPLOY / "nginx.conf"
 # The oldest Kubernetes minor the manifests promise to work on; kubernetes-validate ships its schemas in
 # the package (no download), for a window of versions that includes this one.
 K8S_VERSION = "1.30.0"
-REDIS_URL = "redis://127.0.0.1:6379/12"  # a db of its own: test_callers uses 13
+REDIS_URL = redis_url(12)  # a db of its own: test_callers uses 13
 # Where the image keeps its venv (the builder creates it there and the final stage copies it as is).
 IMAGE_VENV = "/opt/venv"
 

@@ -27,10 +27,11 @@ from app.ops.metrics import Metrics
 from app.settings import Settings
 from app.store import Event, RequestRecord
 from app.store.redis_pool import CLIENT_NAME
+from tests.redis_server import redis_url
 from tests.relay_helpers import KLING, KLING_BODY, read_sse
 from tests.servers import ROOT, Server, free_port, start_emulator, start_gateway
 
-REDIS = "redis://127.0.0.1:6379/14"  # a db of its own; every key written here is this test's, deleted after
+REDIS = redis_url(14)  # a db of its own; every key written here is this test's, deleted after
 
 
 async def _named(name: str) -> list[dict]:

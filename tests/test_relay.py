@@ -17,6 +17,7 @@ import redis
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import Upstream
+from tests.redis_server import redis_url
 from tests.relay_helpers import (
     SseRead,
     auth_env,
@@ -31,7 +32,7 @@ from tests.relay_helpers import (
 from tests.servers import Server, start_emulator, start_gateway
 
 JOB_SECONDS = 2.0
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_url(11)
 KEYS = caller_keys("alice", "bob")
 
 
