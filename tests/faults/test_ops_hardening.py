@@ -88,3 +88,62 @@ def test_callers_keys_in_query_strings_never_reach_a_log_line(emulator: Server, 
     assert 'WebSocket /v1/ws?access_token=***\\" 401' in server.output, server.output[-3000:]
     assert _leaked(server) == []
     tally.record("ops", undocumented_5xx=tally.undocumented_5xx(statuses))
+
+
+# --- item 16: every /v1/* route is limited ---------------------------------------------------------------
+
+_LIMIT_HEADERS = ("ratelimit-policy", "ratelimit", "retry-after")
+# One caller per route: the read bucket is per caller, shared by every route of the class.
+_READ_ROUTES = {
+    "requests": ("GET", "/v1/requests"),
+    "usage": ("GET", "/v1/usage"),
+    "models": ("GET", "/v1/models"),
+    "deliveries": ("GET", "/v1/webhooks/deliveries"),
+    "events": ("GET", f"/v1/requests/{UNKNOWN_ID}/events"),
+    "front": ("GET", STATUS_PATH),  # today's limited route, for comparison
+}
+_SUBMIT_ROUTES = {"redeliver": ("POST", "/v1/webhooks/deliveries/d-unknown/redeliver")}
+
+
+def _key(name: str) -> str:
+    return f"limitcaller-{name}-0123456789"
+
+
+def test_every_caller_facing_route_counts_against_the_callers_limits(emulator: Server, tally: Tally) -> None:
+    routes = {**_READ_ROUTES, **_SUBMIT_ROUTES, "ws": ("WS", "/v1/ws")}
+    server = start_gateway(
+        emulator,
+        FALGATE_AUTH="api_key",
+        FALGATE_API_KEYS=",".join(f"{name}:{_key(name)}" for name in routes),
+        FALGATE_RATE_LIMIT_READ="3/minute",
+        FALGATE_RATE_LIMIT_SUBMIT="3/minute",
+    )
+    statuses: list[int] = []
+    fourth: dict[str, httpx.Response] = {}
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for name, (method, path) in {**_READ_ROUTES, **_SUBMIT_ROUTES}.items():
+                headers = {"Authorization": f"Bearer {_key(name)}"}
+                answers = [client.request(method, path, headers=headers) for _ in range(4)]
+                statuses += [answer.status_code for answer in answers]
+                assert all(answer.status_code != 429 for answer in answers[:3]), (name, answers[:3])
+                fourth[name] = answers[3]
+        for _ in range(3):
+            with ws_connect(f"{_ws(server)}/v1/ws", additional_headers={"Authorization": f"Bearer {_key('ws')}"}):
+                pass
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(f"{_ws(server)}/v1/ws", additional_headers={"Authorization": f"Bearer {_key('ws')}"})
+        statuses.append(refused.value.response.status_code)
+        assert refused.value.response.status_code == 429
+    finally:
+        server.stop()
+    front = fourth["front"]
+    assert front.status_code == 429
+    for name, answer in fourth.items():
+        assert answer.status_code == 429, (name, answer.status_code, answer.text)
+        assert "detail" in answer.json(), name
+        assert all(header in answer.headers for header in _LIMIT_HEADERS), (name, dict(answer.headers))
+        policy = "submit" if name in _SUBMIT_ROUTES else "read"
+        assert answer.headers["ratelimit-policy"] == f'"{policy}";q=3;w=60', (name, answer.headers)
+        assert answer.json()["detail"] == front.json()["detail"].replace("read", policy), name
+    tally.record("ops", undocumented_5xx=tally.undocumented_5xx(statuses))
