@@ -5,10 +5,12 @@ gateway as `falgate serve` (item 20). Each against real gateways under uvicorn."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from app.settings import Settings
 from tests.conftest import LOG_CANARY_PARTS
 from tests.faults.tally import Tally
 from tests.servers import (
@@ -25,6 +28,7 @@ from tests.servers import (
     ROOT,
     Server,
     emulator_env,
+    free_port,
     start_gateway,
 )
 
@@ -147,3 +151,109 @@ def test_every_caller_facing_route_counts_against_the_callers_limits(emulator: S
         assert answer.headers["ratelimit-policy"] == f'"{policy}";q=3;w=60', (name, answer.headers)
         assert answer.json()["detail"] == front.json()["detail"].replace("read", policy), name
     tally.record("ops", undocumented_5xx=tally.undocumented_5xx(statuses))
+
+
+# --- item 20: start-up that silently misroutes -----------------------------------------------------------
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FALGATE_", "FAL_"))}
+    return subprocess.run(argv, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=15)
+
+
+def _readme_uvicorn_args() -> list[str]:
+    """The README's `uvicorn app.main:app ...` command line, without the leading `uvicorn`."""
+    line = next(
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("uvicorn app.main:app")
+    )
+    return line.split()[1:]
+
+
+def test_live_mode_without_public_url_refuses_to_start_naming_the_setting(emulator: Server, tally: Tally) -> None:
+    live = {
+        "FAL_KEY": CANARY_FAL_KEY,
+        "FALGATE_ALLOW_ANONYMOUS": "true",
+        "FALGATE_PORT": str(free_port()),
+        "FALGATE_STORE_URL": f"sqlite:///{tempfile.mkdtemp()}/falgate.db",
+        **emulator_env(emulator),
+    }
+    uvicorn_argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", live["FALGATE_PORT"]]
+    for argv in ([sys.executable, "-m", "app.cli", "serve"], uvicorn_argv):
+        finished = _start(argv, live)
+        output = finished.stdout + finished.stderr
+        assert finished.returncode != 0, output
+        assert "FALGATE_PUBLIC_URL" in output, output
+        assert CANARY_FAL_KEY.split(":", 1)[1] not in output
+    # Emulator mode keeps its default: the embedded emulator posts its webhooks over loopback.
+    port = str(free_port())
+    store = f"sqlite:///{tempfile.mkdtemp()}/falgate.db"
+    server = Server(
+        "gateway", [sys.executable, "-m", "app.cli", "serve"], int(port), {"FALGATE_PORT": port, "FALGATE_STORE_URL": store}
+    )
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            body = {"prompt": "a cat surfing a wave", "image_url": "https://example.com/cat.png"}
+            submitted = client.post("/fal-ai/kling-video/v2.1/standard/image-to-video", json=body)
+            assert submitted.status_code == 200, submitted.text
+            assert submitted.json()["status_url"].startswith(server.url)
+    finally:
+        server.stop()
+    tally.record("ops", undocumented_5xx=0)
+
+
+def _behaviour(server: Server) -> dict[str, object]:
+    """What an operator would compare between two launches: who the caller is behind a trusted proxy, what
+    the logs look like and whether a key in a handshake URL reaches them, and how SIGTERM ends a stream."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        forwarded = client.get("/v1/usage", headers={"X-Forwarded-For": "203.0.113.7"}).json()["caller_id"]
+        models = client.get("/v1/models", params={"access_token": CANARY_CALLER_KEY})
+    with ws_connect(f"{_ws(server)}/v1/ws?access_token={CANARY_CALLER_KEY}", open_timeout=5) as ws:
+        ws.send('{"type": "ping"}')
+        ws.recv(timeout=5)
+    _wait_for(server, "[accepted]")
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    loggers = set()
+    for line in server.lines:
+        if line.startswith("{"):
+            loggers.add(json.loads(line)["logger"])
+        else:
+            loggers.add("<not a JSON line>")
+    return {
+        "caller behind a trusted proxy": forwarded,
+        "models": models.status_code,
+        "loggers": sorted(loggers),
+        "handshake line scrubbed": any("/v1/ws?access_token=***" in line for line in server.lines),
+        "leaked": _leaked(server),
+        "exit code": server.proc.returncode,
+        "stopped within 5 s": time.monotonic() - started < 5,
+    }
+
+
+def test_readme_uvicorn_command_is_the_same_gateway_as_falgate_serve(emulator: Server, tally: Tally) -> None:
+    args = _readme_uvicorn_args()
+    # The README's flags are the options `falgate serve` gives uvicorn for the default settings.
+    from uvicorn.main import main as uvicorn_cli
+
+    readme = uvicorn_cli.make_context("uvicorn", list(args)).params
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert readme["host"] == defaults.host and readme["port"] == defaults.port
+    assert readme["forwarded_allow_ips"] == defaults.trusted_proxies_csv and readme["proxy_headers"]
+    assert readme["timeout_graceful_shutdown"] == defaults.shutdown_grace_seconds
+
+    env = {"FALGATE_LOG_FORMAT": "json", "FALGATE_LOG_LEVEL": "debug"}
+    behaviours = []
+    # start_gateway appends its own --host and --port, which win over the README's (click keeps the last).
+    for launch in ({}, {"uvicorn_args": args}):
+        server = start_gateway(emulator, **launch, **env)
+        try:
+            behaviours.append(_behaviour(server))
+        finally:
+            server.stop()
+    served, plain = behaviours
+    assert served["caller behind a trusted proxy"] == "203.0.113.7"
+    assert served["handshake line scrubbed"] and not served["leaked"]
+    assert plain == served
+    tally.record("ops", undocumented_5xx=0)
