@@ -11,15 +11,14 @@ import uvicorn
 
 def _serve(args: argparse.Namespace) -> None:
     from app.main import create_app, load_settings
-    from app.ops.logs import configure_logging, register_secret
+    from app.ops.logs import configure_process
 
     settings = load_settings()
     if args.host:
         settings.host = args.host
     if args.port:
         settings.port = args.port
-    configure_logging(settings.log_level, settings.log_format)
-    register_secret(settings.upstream_key)
+    configure_process(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

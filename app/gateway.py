@@ -7,11 +7,12 @@ part imports the container back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from app.callers.authenticator import Authenticator, Caller
 from app.callers.idempotency import Idempotency
@@ -151,3 +152,20 @@ async def _caller(request: Request, gateway: GatewayDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _limited_caller(policy: str) -> Callable[..., Awaitable[Caller]]:
+    async def dependency(response: Response, caller: CallerDep, gateway: GatewayDep) -> Caller:
+        # Counted before the route looks anything up, as the pipeline does: a refused call costs nothing.
+        verdict = await gateway.limiter.hit(caller.id, policy)
+        response.headers.update(verdict.headers())
+        return caller
+
+    return dependency
+
+
+# The caller of a `/v1/*` route, counted against its rate limit: reads, or (for routes that make the
+# gateway send something outbound, as redeliver does) the submit class. A 429 carries the same
+# RateLimit-Policy / RateLimit / Retry-After headers as the front doors' refusals.
+ReadCallerDep = Annotated[Caller, Depends(_limited_caller("read"))]
+SubmitCallerDep = Annotated[Caller, Depends(_limited_caller("submit"))]

@@ -25,6 +25,7 @@ from app.gateway import open_gateway
 from app.ops import health
 from app.ops.access import RequestObserver
 from app.ops.cors import cors_options
+from app.ops.logs import configure_process
 from app.ops.metrics import Metrics
 from app.relay import fal_webhook as fal_webhooks
 from app.relay import sinks as events
@@ -147,7 +148,10 @@ def _openapi(app: FastAPI, proxy_path: str) -> dict:
 
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn app.main:app` builds the app on first access, so importing this module has no side effects.
+    # It sets up logging as `falgate serve` does: uvicorn's own log set-up would print unscrubbed lines.
     if name == "app":
-        globals()["app"] = application = create_app()
+        settings = load_settings()
+        configure_process(settings)
+        globals()["app"] = application = create_app(settings)
         return application
     raise AttributeError(name)

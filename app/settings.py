@@ -188,6 +188,14 @@ class Settings(BaseSettings):
             raise ValueError("FALGATE_UPSTREAM=live needs FAL_KEY (or unset both to run against the built-in emulator)")
         if self.fal_key is not None and not self.fal_key.get_secret_value().strip():
             raise ValueError("FAL_KEY is set but empty")
+        if self.upstream == "live" and self.public_url is None:
+            # fal would be told to post its webhooks to http://HOST:PORT/..., which it cannot reach: results
+            # would arrive only by polling, and every rewritten URL would point callers at a private address.
+            # The embedded emulator posts over loopback, so emulator mode keeps the HOST:PORT default.
+            raise ValueError(
+                "live mode needs FALGATE_PUBLIC_URL, the URL callers and fal reach this gateway at "
+                "(fal posts its webhooks to FALGATE_PUBLIC_URL/v1/fal/webhook), e.g. https://falgate.example.com"
+            )
         if self.upstream == "live" and self.auth == "none" and not self.allow_anonymous:
             raise ValueError(
                 "live mode with FALGATE_AUTH=none would let anyone spend the key: "

@@ -8,9 +8,19 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import ALL_GATEWAY_OUTPUT, CANARY_FAL_KEY, Server, start_emulator, start_gateway
+from tests.servers import (
+    ALL_GATEWAY_OUTPUT,
+    CANARY_CALLER_KEY,
+    CANARY_FAL_KEY,
+    CANARY_REFUSED_KEY,
+    Server,
+    start_emulator,
+    start_gateway,
+)
 
 CANARY_PARTS = (CANARY_FAL_KEY, CANARY_FAL_KEY.split(":", 1)[1])
+# Callers' keys may be echoed to their own caller (nothing does today), but never printed to a log.
+LOG_CANARY_PARTS = (*CANARY_PARTS, CANARY_CALLER_KEY, CANARY_REFUSED_KEY)
 
 
 def assert_no_canary(response: httpx.Response) -> None:
@@ -88,10 +98,10 @@ def wait_completed(client: httpx.Client, status_url: str, timeout: float = 15.0)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The canary key must never have been printed by any gateway in the whole run."""
-    leaked = [line for line in ALL_GATEWAY_OUTPUT if any(part in line for part in CANARY_PARTS)]
+    """The canary keys (fal's and callers') must never have been printed by any gateway in the whole run."""
+    leaked = [line for line in ALL_GATEWAY_OUTPUT if any(part in line for part in LOG_CANARY_PARTS)]
     if leaked:
-        print("\nFAL_KEY canary found in gateway output:\n" + "".join(leaked[:5]))
+        print("\nA canary key was found in gateway output:\n" + "".join(leaked[:5]))
         session.exitstatus = 1
 
 

@@ -19,6 +19,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY_FAL_KEY = "canary-key-id:canary-secret-7f3a9c1e5b"
+# Callers' keys that must never be printed either: one the gateway accepts (configure it as
+# f"canary:{CANARY_CALLER_KEY}") and one it refuses. Both travel in query strings in the tests.
+CANARY_CALLER_KEY = "callercanary-4d8e2b6f1a9c7e3d"
+CANARY_REFUSED_KEY = "refusedcanary-9b1f5d3a7c2e8f40"
 
 # Every line any gateway printed during the session, so the canary test can scan them all.
 ALL_GATEWAY_OUTPUT: list[str] = []
@@ -114,9 +118,15 @@ def emulator_env(emulator: Server) -> dict[str, str]:
 
 
 def start_gateway(
-    emulator: Server | None = None, key: str = CANARY_FAL_KEY, *, app_factory: str | None = None, **env: str
+    emulator: Server | None = None,
+    key: str = CANARY_FAL_KEY,
+    *,
+    app_factory: str | None = None,
+    uvicorn_args: list[str] | None = None,
+    **env: str,
 ) -> Server:
-    """`falgate serve`, or uvicorn serving `app_factory` ("module:function") with the same settings."""
+    """`falgate serve`, or uvicorn serving `app_factory` ("module:function") with the same settings, or
+    uvicorn's own command line with `uvicorn_args` (the README's `uvicorn app.main:app ...`)."""
     port = free_port()
     full_env = {
         "FAL_KEY": key,
@@ -137,6 +147,8 @@ def start_gateway(
     argv = [sys.executable, "-m", "app.cli", "serve"]
     if app_factory is not None:
         argv = [sys.executable, "-m", "uvicorn", app_factory, "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    if uvicorn_args is not None:
+        argv = [sys.executable, "-m", "uvicorn", *uvicorn_args, "--host", "127.0.0.1", "--port", str(port)]
     server = Server(
         "gateway",
         argv,

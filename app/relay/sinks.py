@@ -17,7 +17,7 @@ from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
 
 from app.callers.authenticator import Caller
 from app.errors import GatewayError
-from app.gateway import CallerDep, Gateway, GatewayDep
+from app.gateway import Gateway, GatewayDep, ReadCallerDep
 from app.pipeline.operations import check_request_id
 from app.relay.readers import is_terminal, watch_events
 from app.responses import JSONResponse
@@ -45,7 +45,7 @@ def _resume_point(header: str | None, query: int | None) -> int:
 @router.get("/requests/{request_id}/events", summary="A request's events as Server-Sent Events")
 async def request_events(
     request_id: str,
-    caller: CallerDep,
+    caller: ReadCallerDep,
     gateway: GatewayDep,
     last_event_id: str | None = Header(default=None),
     after: int | None = Query(default=None, ge=0, description="Resume after this event id"),
@@ -112,6 +112,7 @@ async def websocket_events(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     try:
         caller = await gateway.auth.authenticate(websocket)
+        await gateway.limiter.hit(caller.id, "read")  # a handshake is a read, like an SSE stream's request
     except GatewayError as refused:
         await websocket.send_denial_response(
             _denial(refused.status_code, refused.detail, refused.headers)

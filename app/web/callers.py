@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from app.gateway import CallerDep, GatewayDep
+from app.gateway import GatewayDep, ReadCallerDep
 
 router = APIRouter(prefix="/v1", tags=["callers"])
 
 
 @router.get("/requests", summary="The caller's own recent requests, newest first")
-async def list_requests(caller: CallerDep, gateway: GatewayDep, limit: int = Query(50, ge=1, le=500)) -> dict:
+async def list_requests(caller: ReadCallerDep, gateway: GatewayDep, limit: int = Query(50, ge=1, le=500)) -> dict:
     records = await gateway.store.list_requests(caller.id, limit)
     return {
         "requests": [
@@ -28,5 +28,5 @@ async def list_requests(caller: CallerDep, gateway: GatewayDep, limit: int = Que
 
 
 @router.get("/usage", summary="The caller's spend today and what remains of the daily budget")
-async def usage(caller: CallerDep, gateway: GatewayDep) -> dict:
+async def usage(caller: ReadCallerDep, gateway: GatewayDep) -> dict:
     return await gateway.ledger.usage(caller)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.catalog.models import CATALOG, catalog_entry
-from app.gateway import CallerDep, GatewayDep
+from app.gateway import GatewayDep, ReadCallerDep
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 @router.get("/models", summary="The models this gateway serves")
-async def list_models(caller: CallerDep, gateway: GatewayDep) -> dict:
+async def list_models(caller: ReadCallerDep, gateway: GatewayDep) -> dict:
     return {"models": [catalog_entry(spec, gateway.prices) for spec in CATALOG.values()]}

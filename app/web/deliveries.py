@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Query
 
 from app.errors import NotFound
-from app.gateway import CallerDep, GatewayDep
+from app.gateway import GatewayDep, ReadCallerDep, SubmitCallerDep
 from app.store import Delivery, DeliveryState
 
 router = APIRouter(prefix="/v1/webhooks", tags=["client webhooks"])
@@ -30,12 +30,12 @@ def _view(delivery: Delivery) -> dict:
 
 
 @router.get("/deliveries", summary="The caller's client-webhook deliveries, newest first")
-async def list_deliveries(caller: CallerDep, gateway: GatewayDep, limit: int = Query(50, ge=1, le=500)) -> dict:
+async def list_deliveries(caller: ReadCallerDep, gateway: GatewayDep, limit: int = Query(50, ge=1, le=500)) -> dict:
     return {"deliveries": [_view(d) for d in await gateway.store.list_deliveries(caller.id, limit)]}
 
 
 @router.post("/deliveries/{delivery_id}/redeliver", summary="Send a delivery again now")
-async def redeliver(delivery_id: str, caller: CallerDep, gateway: GatewayDep) -> dict:
+async def redeliver(delivery_id: str, caller: SubmitCallerDep, gateway: GatewayDep) -> dict:
     delivery = await gateway.store.get_delivery(delivery_id)
     if delivery is None or delivery.caller_id != caller.id:
         raise NotFound("Delivery not found")
