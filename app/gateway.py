@@ -18,6 +18,7 @@ from app.callers.idempotency import Idempotency
 from app.callers.ledger import Ledger
 from app.callers.ratelimit import RateLimiter
 from app.catalog.billing import parse_price_table
+from app.catalog.file_urls import FileUrlPolicy
 from app.catalog.spec import ValidationLimits
 from app.fal.signatures import FalWebhookVerifier
 from app.fal.upstream import UpstreamClient
@@ -109,6 +110,10 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
             max_prompt_length=settings.max_prompt_length,
             max_image_bytes=settings.max_image_bytes,
             allow_unknown_fields=settings.allow_unknown_fields,
+            file_urls=FileUrlPolicy.for_upstream(
+                (settings.fal_rest_url, settings.fal_queue_url, settings.fal_run_url),
+                allow_private=settings.allow_private_file_urls,
+            ),
         ),
         prices=prices,
         store=store,
