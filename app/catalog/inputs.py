@@ -2,7 +2,8 @@
 
 These models are the single source of truth for validation and for the JSON schemas shown in /docs
 and the playground. They are only used to *judge* a body: defaults are declared so the schema shows
-fal's defaults, but the gateway forwards the caller's body untouched and fal applies them.
+fal's defaults, but the gateway forwards the caller's object as validated (no defaults added) and fal
+applies them.
 
 Conventions:
 - strict mode: no coercion ("5" is not 5, 81.0 is not an integer, "true" is not a boolean);
