@@ -110,10 +110,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
             max_prompt_length=settings.max_prompt_length,
             max_image_bytes=settings.max_image_bytes,
             allow_unknown_fields=settings.allow_unknown_fields,
-            file_urls=FileUrlPolicy.for_upstream(
-                (settings.fal_rest_url, settings.fal_queue_url, settings.fal_run_url),
-                allow_private=settings.allow_private_file_urls,
-            ),
+            file_urls=FileUrlPolicy.for_upstream(_upstream_urls(settings), allow_private=settings.allow_private_file_urls),
         ),
         prices=prices,
         store=store,
@@ -156,3 +153,9 @@ async def _caller(request: Request, gateway: GatewayDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def _upstream_urls(settings: Settings) -> list[str]:
+    """Where fal's own file URLs point: its hosts, and in emulator mode the gateway's public URL as well."""
+    urls = [settings.fal_rest_url, settings.fal_queue_url, settings.fal_run_url]
+    return [*urls, settings.gateway_url] if settings.emulated else urls

@@ -238,3 +238,17 @@ def test_upload_prints_no_tracebacks(client: httpx.Client, gateway: Server, tall
     time.sleep(1.0)  # what the garbage collector would print comes after the answer
     printed = "".join(gateway.lines[before:])
     assert not any(word in printed for word in NOISE), printed
+
+
+def test_embedded_emulator_file_urls_pass_on_a_private_public_url(tally: Tally) -> None:
+    # A LAN demo: the embedded emulator hands out file URLs under FALGATE_PUBLIC_URL, a private address.
+    server = start_gateway(None, FALGATE_UPSTREAM="emulator", FALGATE_PUBLIC_URL="http://10.1.2.3:8000")
+    try:
+        with leak_checked_client(server.url) as http:
+            own = http.post(f"/{WAN_I2V}", json={**VALID, "image_url": "http://10.1.2.3:8000/emulator/files/a/b.png"})
+            other = http.post(f"/{WAN_I2V}", json={**VALID, "image_url": "http://10.1.2.3:9/b.png"})
+    finally:
+        server.stop()
+    _record(tally, own, other)
+    assert own.status_code == 200, own.text
+    _refused(other, 422, ["body", "image_url"], "url_host")
