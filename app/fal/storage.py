@@ -27,6 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.catalog.images import ACCEPTED_TYPES, SNIFF_BYTES, sniff_image
+from app.catalog.validation import parse_body
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UpstreamUnavailable
 from app.fal.upstream import UpstreamClient
 from app.pipeline.operations import FrontDoor, Operation, OpKind
@@ -117,10 +118,7 @@ def initiate_body(op: Operation, body: bytes) -> bytes:
     errors: list[dict[str, object]] = []
     if op.params.get("storage_type") not in STORAGE_TYPES:
         errors.append(_initiate_error("query", "storage_type", f"storage_type must be {STORAGE_TYPE!r}", "literal_error"))
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
+    data = parse_body(body).payload  # strict, as for submits: a repeated key is refused, not last-wins
     if not isinstance(data, dict):
         raise InvalidInput([*errors, {"loc": ["body"], "msg": "Input should be a JSON object", "type": "dict_type"}])
     content_type = data.get("content_type")

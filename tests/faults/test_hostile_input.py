@@ -118,6 +118,7 @@ BAD_INITIATES = {
     "svg": (INITIATE_TARGET, {"content_type": "image/svg+xml", "file_name": "x.svg"}, ["body", "content_type"]),
     "no content type": (INITIATE_TARGET, {"file_name": "x.png"}, ["body", "content_type"]),
     "not an object": (INITIATE_TARGET, ["image/png"], ["body"]),
+    "repeated key": (INITIATE_TARGET, b'{"content_type": "image/png", "content_type": "text/html"}', ["body"]),
     "file name not a string": (INITIATE_TARGET, {"content_type": "image/png", "file_name": 7}, ["body", "file_name"]),
     "storage type": (
         INITIATE_TARGET.replace("fal-cdn-v3", "gcs"),
@@ -133,7 +134,9 @@ def test_initiate_outside_the_upload_policy_is_422(
 ) -> None:
     target, body, loc = case
     upstream.clear()
-    response = client.post(PROXY, json=body, headers={"x-fal-target-url": target})
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"x-fal-target-url": target, "content-type": "application/json"}
+    response = client.post(PROXY, content=content, headers=headers)
     _record(tally, response)
     _refused(response, 422, loc)
     assert upstream.requests() == []
