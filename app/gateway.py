@@ -19,6 +19,7 @@ from app.callers.idempotency import Idempotency
 from app.callers.ledger import Ledger
 from app.callers.ratelimit import RateLimiter
 from app.catalog.billing import parse_price_table
+from app.catalog.file_urls import FileUrlPolicy
 from app.catalog.spec import ValidationLimits
 from app.fal.signatures import FalWebhookVerifier
 from app.fal.upstream import UpstreamClient
@@ -110,6 +111,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
             max_prompt_length=settings.max_prompt_length,
             max_image_bytes=settings.max_image_bytes,
             allow_unknown_fields=settings.allow_unknown_fields,
+            file_urls=FileUrlPolicy.for_upstream(_upstream_urls(settings), allow_private=settings.allow_private_file_urls),
         ),
         prices=prices,
         store=store,
@@ -169,3 +171,9 @@ def _limited_caller(policy: str) -> Callable[..., Awaitable[Caller]]:
 # RateLimit-Policy / RateLimit / Retry-After headers as the front doors' refusals.
 ReadCallerDep = Annotated[Caller, Depends(_limited_caller("read"))]
 SubmitCallerDep = Annotated[Caller, Depends(_limited_caller("submit"))]
+
+
+def _upstream_urls(settings: Settings) -> list[str]:
+    """Where fal's own file URLs point: its hosts, and in emulator mode the gateway's public URL as well."""
+    urls = [settings.fal_rest_url, settings.fal_queue_url, settings.fal_run_url]
+    return [*urls, settings.gateway_url] if settings.emulated else urls

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=8 * MB, gt=0)
     max_prompt_length: int = Field(default=2500, gt=0)
     allow_unknown_fields: bool = False
+    # Let image URLs name private/loopback/metadata hosts or carry user@ (fal fetches them with our key).
+    allow_private_file_urls: bool = False
     allow_token_minting: bool = False
     prices: str | None = None  # JSON {"model slug": USD per billing unit}, merged over app.catalog.billing.DEFAULT_PRICES
 

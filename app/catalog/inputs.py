@@ -2,7 +2,8 @@
 
 These models are the single source of truth for validation and for the JSON schemas shown in /docs
 and the playground. They are only used to *judge* a body: defaults are declared so the schema shows
-fal's defaults, but the gateway forwards the caller's body untouched and fal applies them.
+fal's defaults, but the gateway forwards the caller's object as validated (no defaults added) and fal
+applies them.
 
 Conventions:
 - strict mode: no coercion ("5" is not 5, 81.0 is not an integer, "true" is not a boolean);
@@ -15,6 +16,7 @@ Conventions:
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -23,6 +25,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError, core_schema
 
+from app.catalog.file_urls import file_url_refusal
+from app.catalog.images import SNIFF_BYTES, sniff_image
 from app.catalog.spec import ValidationLimits
 
 MAX_URL_LENGTH = 2048
@@ -31,6 +35,7 @@ _DEFAULT_LIMITS = ValidationLimits()
 _DATA_URI_HEADERS = frozenset(f"image/{kind};base64" for kind in IMAGE_MEDIA_TYPES)
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _URL_FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f]")  # whitespace/control chars: never part of a real URL
+_SNIFF_CHARS = -(-SNIFF_BYTES // 3) * 4  # base64 characters that decode to at least SNIFF_BYTES bytes
 _IMAGE_URL_MSG = "{field} must be an http(s) URL or a base64 data URI of a png, jpeg, webp or gif image"
 _BASE64_MSG = "{field} data URI payload is not valid base64"
 
@@ -70,11 +75,13 @@ def _check_text_length(value: str, info: ValidationInfo) -> str:
 
 
 def _check_image_url(value: str, info: ValidationInfo) -> str:
+    """The one check of every file-URL field (seeded models and schema-driven ones): http(s) or data: URI."""
     field = info.field_name or "image_url"
+    limits = _limits(info)
     if value[:5].lower() == "data:":
-        _check_data_uri(value, field, _limits(info).max_image_bytes)
+        _check_data_uri(value, field, limits.max_image_bytes)
     else:
-        _check_http_url(value, field)
+        _check_http_url(value, field, limits)
     return value
 
 
@@ -82,7 +89,7 @@ def _url_error(kind: str, template: str, field: str, **ctx: Any) -> PydanticCust
     return PydanticCustomError(kind, template, {"field": field, **ctx})
 
 
-def _check_http_url(value: str, field: str) -> None:
+def _check_http_url(value: str, field: str, limits: ValidationLimits) -> None:
     head = value[:8].lower()
     if head != "https://" and not head.startswith("http://"):
         raise _url_error("url_scheme", _IMAGE_URL_MSG, field)
@@ -99,6 +106,9 @@ def _check_http_url(value: str, field: str) -> None:
         raise _url_error("url_parsing", "{field} is not a valid URL", field) from None
     if not parts.hostname:
         raise _url_error("url_parsing", "{field} URL must include a host", field)
+    refused = file_url_refusal(parts, limits.file_urls)
+    if refused:
+        raise _url_error("url_host", "{field} URL refused: {reason}", field, reason=refused)
 
 
 def _check_data_uri(value: str, field: str, max_bytes: int) -> None:
@@ -120,6 +130,13 @@ def _check_data_uri(value: str, field: str, max_bytes: int) -> None:
     leftover = value[comma + 1 :].encode("ascii").translate(None, _BASE64_ALPHABET)
     if len(leftover) != padding:
         raise _url_error("base64_decode", _BASE64_MSG, field)
+    # The declared type must be what the bytes are, as for uploads: only the head is decoded.
+    declared = value[5 : comma - 7].lower()  # "image/png" of "image/png;base64"
+    head = binascii.a2b_base64(value[comma + 1 : comma + 1 + _SNIFF_CHARS])
+    if sniff_image(head) != declared:
+        raise _url_error(
+            "image_type_mismatch", "{field} data URI is not the {declared} image it declares", field, declared=declared
+        )
 
 
 def _steps_in(allowed: tuple[int, ...]) -> AfterValidator:

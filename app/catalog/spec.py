@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.catalog.billing import DEFAULT_PRICES, BillingRule, PriceTable
+from app.catalog.file_urls import FileUrlPolicy
 
 # fal keeps a third segment for these namespaces: "workflows/<owner>/<name>/...".
 _NAMESPACES = frozenset({"workflows", "comfy"})
@@ -54,6 +55,7 @@ class ValidationLimits:
     max_prompt_length: int = 2500
     max_image_bytes: int = 8 * 1024 * 1024  # decoded size cap for data: URIs
     allow_unknown_fields: bool = False
+    file_urls: FileUrlPolicy = FileUrlPolicy()  # which hosts http(s) file URLs may name
 
 
 def estimate_cost(spec: ModelSpec, body: Mapping[str, Any], prices: PriceTable) -> float:

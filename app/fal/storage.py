@@ -26,6 +26,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from app.catalog.images import ACCEPTED_TYPES, SNIFF_BYTES, sniff_image
+from app.catalog.validation import parse_body
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, UpstreamUnavailable
 from app.fal.upstream import UpstreamClient
 from app.pipeline.operations import FrontDoor, Operation, OpKind
@@ -33,14 +35,13 @@ from app.pipeline.operations import FrontDoor, Operation, OpKind
 log = logging.getLogger("falgate.uploads")
 
 FILE_FIELD = "file"
-# The accepted image types and the extension the stored file gets for each.
-ACCEPTED_TYPES: dict[str, str] = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 SPOOL_PREFIX = "falgate-upload-"
 # Room for the boundary lines and part headers around the file in a well-formed body.
 MULTIPART_OVERHEAD = 16 * 1024
 STORAGE_TYPE = "fal-cdn-v3"
+# The storage kinds a caller may ask fal for: the one fal's clients use today.
+STORAGE_TYPES = frozenset({STORAGE_TYPE})
 
-_SNIFF_BYTES = 16
 _READ_CHUNK = 64 * 1024
 _MAX_PARTS = 16
 _MAX_STEM = 64
@@ -59,24 +60,6 @@ class SpooledImage:
     size: int
     content_type: str  # sniffed from the bytes, never the declared type
     file_name: str  # sanitized, with the extension of `content_type`
-
-
-def sniff_image(head: bytes) -> str | None:
-    """The image type the first bytes prove, or None.
-
-    A four-entry table of fixed signatures rather than a detection library: only these types are
-    accepted, so there is nothing else to recognize.
-    """
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    # RIFF container, WEBP form, and a first chunk that is one of WebP's three bitstream kinds.
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:16] in (b"VP8 ", b"VP8L", b"VP8X"):
-        return "image/webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    return None
 
 
 def safe_file_name(declared: str | None, content_type: str) -> str:
@@ -118,15 +101,46 @@ async def spool_image(request: Request, limit: int) -> AsyncIterator[SpooledImag
 async def store_on_fal(upstream: UpstreamClient, image: SpooledImage) -> UploadedImage:
     """Initiate a storage upload with the server key, then PUT the spooled file to the signed URL."""
     upload_url, file_url = await _initiate(upstream, image)
-    response = await upstream.put_signed(upload_url, image.content_type, _read_chunks(image.path), image.size)
+    # The file is opened and closed here, in the request's task; the PUT only pulls chunks from it.
+    async with await anyio.open_file(image.path, "rb") as source:
+        response = await upstream.put_signed(upload_url, image.content_type, _FileChunks(source), image.size)
     if not response.is_success:
         raise _storage_error("fal storage refused the file", response.status_code)
     return UploadedImage(file_url=file_url, content_type=image.content_type, file_size=image.size)
 
 
+def initiate_body(op: Operation, body: bytes) -> bytes:
+    """The proxy's storage initiate, held to the upload route's policy: an accepted image type, a safe name.
+
+    Answers the body to forward (rebuilt from the checked fields, nothing else), or InvalidInput. The file's
+    bytes go from the caller straight to fal's signed URL, so the size cap cannot be applied here.
+    """
+    errors: list[dict[str, object]] = []
+    if op.params.get("storage_type") not in STORAGE_TYPES:
+        errors.append(_initiate_error("query", "storage_type", f"storage_type must be {STORAGE_TYPE!r}", "literal_error"))
+    data = parse_body(body).payload  # strict, as for submits: a repeated key is refused, not last-wins
+    if not isinstance(data, dict):
+        raise InvalidInput([*errors, {"loc": ["body"], "msg": "Input should be a JSON object", "type": "dict_type"}])
+    content_type = data.get("content_type")
+    if content_type not in ACCEPTED_TYPES:
+        msg = "content_type must be one of " + ", ".join(ACCEPTED_TYPES)
+        errors.append(_initiate_error("body", "content_type", msg, "unsupported_media_type"))
+    name = data.get("file_name")
+    if name is not None and not isinstance(name, str):
+        errors.append(_initiate_error("body", "file_name", "file_name must be a string", "string_type"))
+    if errors:
+        raise InvalidInput(errors)
+    assert isinstance(content_type, str)
+    return orjson.dumps({"content_type": content_type, "file_name": safe_file_name(name, content_type)})
+
+
+def _initiate_error(where: str, field: str, msg: str, error_type: str) -> dict[str, object]:
+    return {"loc": [where, field], "msg": msg, "type": error_type}
+
+
 async def _initiate(upstream: UpstreamClient, image: SpooledImage) -> tuple[str, str]:
     op = Operation(OpKind.UPLOAD_INITIATE, FrontDoor.REST, params={"storage_type": STORAGE_TYPE})
-    body = orjson.dumps({"content_type": image.content_type, "file_name": image.file_name})
+    body = initiate_body(op, orjson.dumps({"content_type": image.content_type, "file_name": image.file_name}))
     response = await upstream.send(op, {}, body=body)
     if response.status_code != 200:
         raise _storage_error("fal storage refused to start the upload", response.status_code)
@@ -154,10 +168,25 @@ def _is_http_url(value: object) -> TypeGuard[str]:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
-    async with await anyio.open_file(path, "rb") as source:
-        while chunk := await source.read(_READ_CHUNK):
-            yield chunk
+class _FileChunks:
+    """An open file read in chunks, as a plain async iterator rather than an async generator.
+
+    The HTTP client may stop pulling once it has `size` bytes and drop the iterator in another task: an
+    async generator would then be finalized by the garbage collector outside the request, printing
+    "async generator ignored GeneratorExit" and cancel-scope tracebacks. This holds no state to finalize.
+    """
+
+    def __init__(self, source: anyio.AsyncFile[bytes]) -> None:
+        self._source = source
+
+    def __aiter__(self) -> _FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._source.read(_READ_CHUNK)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _multipart_boundary(content_type: str | None) -> bytes:
@@ -234,7 +263,7 @@ class _FilePartReader:
         # Sniffed as soon as enough bytes arrived, so a non-image is refused before the rest is spooled.
         if self._content_type is not None or not self._head:
             return
-        if len(self._head) >= _SNIFF_BYTES or self._file_done:
+        if len(self._head) >= SNIFF_BYTES or self._file_done:
             self._content_type = sniff_image(bytes(self._head))
             if self._content_type is None:
                 raise unsupported_image()
@@ -287,8 +316,8 @@ class _FilePartReader:
         self._size += len(chunk)
         if self._size > self._limit:
             raise too_large(self._limit)
-        if len(self._head) < _SNIFF_BYTES:
-            self._head += chunk[: _SNIFF_BYTES - len(self._head)]
+        if len(self._head) < SNIFF_BYTES:
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
         self._pending.append(chunk)
 
     def _on_part_end(self) -> None:

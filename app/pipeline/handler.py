@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,8 +16,9 @@ from app.callers import idempotency
 from app.callers.authenticator import Caller
 from app.callers.ledger import Admission
 from app.callers.ratelimit import operation_class
-from app.catalog.validation import validate_input
+from app.catalog.validation import parse_body, validate_input
 from app.errors import BadRequest, GatewayError, InvalidInput, PayloadTooLarge
+from app.fal.storage import initiate_body
 from app.gateway import Gateway
 from app.ops.access import note
 from app.pipeline.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
@@ -47,6 +47,8 @@ async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
     elif op.kind is OpKind.STREAM:
         response = await _stream(gateway, op, request)
     else:
+        if op.kind is OpKind.UPLOAD_INITIATE:
+            body = initiate_body(op, body or b"")
         response = await _forward(gateway, op, request, body)
     # Appended raw: the answer never carries these already, and MutableHeaders would re-scan per header.
     response.raw_headers.extend((name.encode(), value.encode()) for name, value in verdict.headers().items())
@@ -73,22 +75,21 @@ def _model_label(op: Operation) -> str:
     return op.model.slug if op.model else op.app_id or "-"
 
 
-def parse_input(gateway: Gateway, op: Operation, body: bytes) -> dict:
+def parse_input(gateway: Gateway, op: Operation, body: bytes) -> tuple[dict, bytes]:
+    """The validated payload, and the bytes to forward: its own serialisation, never the raw body."""
     assert op.model is not None
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidInput([{"loc": ["body"], "msg": "Request body is not valid JSON", "type": "json_invalid"}]) from None
-    errors = validate_input(op.model, payload, gateway.validation_limits)
+    parsed = parse_body(body)
+    errors = validate_input(op.model, parsed.payload, gateway.validation_limits)
     if errors:
         gateway.metrics.validation_rejections.labels(model=op.model.slug).inc()
         raise InvalidInput(errors)
-    return payload
+    assert isinstance(parsed.payload, dict)  # validate_input refuses anything else
+    return parsed.payload, parsed.forward
 
 
 async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Request, body: bytes) -> Response:
     """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
-    payload = parse_input(gateway, op, body)
+    payload, body = parse_input(gateway, op, body)
     client_webhook = _client_webhook(gateway, op)
     if op.kind is OpKind.SUBMIT:
         # fal always calls our own receiver; the caller's webhook is ours to deliver once we verified fal's.
