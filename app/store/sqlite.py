@@ -51,7 +51,13 @@ from app.store.sqlite_worker import Worker
 T = TypeVar("T")
 _Op = Callable[[sqlite3.Connection], T]
 
-_BUSY_TIMEOUT_MS = 5000
+# A call waits for another process's lock only until _CALL_SECONDS after it was queued, its time behind
+# other calls on the worker thread included: a locked database answers 503 within about two seconds
+# however many calls are queued, instead of each one waiting out the whole lock in turn. Opening (and
+# migrating) and the checkpointer wait _BUSY_TIMEOUT_MS.
+_BUSY_TIMEOUT_MS = 1000
+_CALL_SECONDS = 1.5
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
 
@@ -87,6 +93,8 @@ def _open(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
         db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")  # the WAL shrinks back after a burst
         _migrate(db)
+        # From here a call first tries without waiting; only one that meets a lock waits (see `_run`).
+        db.execute("PRAGMA busy_timeout = 0")
     except BaseException:
         db.close()
         raise
@@ -126,14 +134,15 @@ class SQLiteStore(SQLiteRelay, Store):
 
     # --- in the worker thread ---
 
-    def _run(self, op: _Op[T], write: bool) -> T:
+    def _run(self, op: _Op[T], write: bool, deadline: float) -> T:
         try:
             if self._db is None:
                 self._db = self._connect()  # on first use; a failed open is retried by the next call
             db = self._db
             if not write:
-                return op(db)
-            db.execute("BEGIN IMMEDIATE")
+                return self._without_lock_wait(db, deadline, lambda: op(db))
+            # Inside BEGIN IMMEDIATE we hold the write lock, and under WAL nothing after it waits for one.
+            self._without_lock_wait(db, deadline, lambda: db.execute("BEGIN IMMEDIATE"))
             try:
                 self._maybe_prune(db)  # first, so it never deletes what `op` just wrote
                 result = op(db)
@@ -144,6 +153,26 @@ class SQLiteStore(SQLiteRelay, Store):
             return result
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
+
+    def _without_lock_wait(self, db: sqlite3.Connection, deadline: float, attempt: Callable[[], T]) -> T:
+        """`attempt()` at once; if another connection holds the lock, again with a wait up to `deadline`.
+
+        The fast path costs nothing extra; a call that meets a lock first hands back the outcomes the
+        worker holds (their callers must not wait with it) and waits only what is left of its time."""
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:  # primary code of an extended one
+                raise
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise StoreUnavailable(f"sqlite {self._path}: locked, and the call already waited {_CALL_SECONDS} s")
+        self._worker.flush()
+        db.execute(f"PRAGMA busy_timeout = {left_ms}")
+        try:
+            return attempt()
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
 
     def _maybe_prune(self, db: sqlite3.Connection) -> None:
         now = time.time()
@@ -178,7 +207,7 @@ class SQLiteStore(SQLiteRelay, Store):
     async def _submit(self, op: _Op[T], write: bool) -> T:
         if self._closing is not None:
             raise StoreUnavailable("the store is closed")
-        return await self._worker.submit(partial(self._run, op, write))
+        return await self._worker.submit(partial(self._run, op, write, time.monotonic() + _CALL_SECONDS))
 
     async def _write(self, op: _Op[T]) -> T:
         # No asyncio.shield needed, by construction: cancelling this await cancels only the caller's
