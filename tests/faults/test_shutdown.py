@@ -97,7 +97,8 @@ def _after_restart(fal: Server, store_url: str, expected_jobs: int, cost: float,
             double_deliveries=duplicates,
             undocumented_5xx=tally.undocumented_5xx(statuses),
         )
-        assert (lost, wrong_refunds, duplicates, tally.undocumented_5xx(statuses)) == (0, 0, 0, 0), (records, usage, statuses)
+        figures = (lost, wrong_refunds, duplicates, tally.undocumented_5xx(statuses))
+        assert figures == (0, 0, 0, 0), (records, usage, statuses)
     finally:
         gateway.stop()
 

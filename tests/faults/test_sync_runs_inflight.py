@@ -32,7 +32,8 @@ def test_concurrent_sync_runs_through_the_proxy_share_the_inflight_cap(fal: Serv
                                                       "path_contains": "/run/", "method": "POST"}).raise_for_status()
         with leak_checked_client(gateway.url) as client:
             def run(_: int) -> httpx.Response:
-                return client.post(PROXY, json=VALID_BODIES[LUMA], headers={"x-fal-target-url": f"https://fal.run/{LUMA}"})
+                target = {"x-fal-target-url": f"https://fal.run/{LUMA}"}
+                return client.post(PROXY, json=VALID_BODIES[LUMA], headers=target)
 
             with ThreadPoolExecutor(4) as pool:
                 answers = list(pool.map(run, range(4)))
