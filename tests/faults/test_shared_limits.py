@@ -56,7 +56,8 @@ def test_two_replicas_share_one_slot_cap_and_one_budget(fal: Server, private_red
     replicas = [start_gateway(fal, **env), start_gateway(fal, **env)]
     try:
         first = _burst(replicas, 10)
-        assert sorted(first) == [200] * CAP + [429] * (10 - CAP), first
+        # The refused get 429 (no slot) or, while the others' reservations are held, 402.
+        assert first.count(200) == CAP and set(first) <= {200, 402, 429}, first
         usage = httpx.get(f"{replicas[0].url}/v1/usage").json()
         assert usage["inflight"] == CAP
         # Once fal's webhooks freed the slots, only the budget's remaining two jobs get through.
