@@ -26,7 +26,7 @@ from app.pipeline.rewrite import json_body, relay
 from app.relay.client_webhooks import TargetRefused, validate_target_url
 from app.relay.completions import completion_from_result
 from app.relay.readers import fal_status_stream
-from app.store import RequestState
+from app.store import RequestState, StoreUnavailable
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
 
@@ -192,7 +192,12 @@ async def _settle(
     # From here the stored record owns the slot and the budget: whatever fails now, finishing the
     # request frees them, so nothing here may abandon the admission (a second refund).
     if early is not None:  # fal's webhook arrived before we had recorded the request
-        await gateway.completions.apply(early)
+        try:
+            await gateway.completions.apply(early)
+        except (GatewayError, StoreUnavailable):
+            # fal took the job and it is recorded: the caller gets its request id. The completion is
+            # stored, and the poller finds the request still open and finishes it.
+            log.warning("applying an early completion failed", extra={"fields": {"request_id": request_id}})
 
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
