@@ -17,8 +17,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app.responses import JSONResponse
+from app.store.base import StoreUnavailable
 
 log = logging.getLogger("falgate.errors")
+
+# How long a caller is told to wait when the store is out: the store's own timeouts are about as long.
+STORE_RETRY_AFTER_SECONDS = 2
 
 # nginx's code for "the client closed the connection before the answer": for the access log and metrics.
 CLIENT_CLOSED_REQUEST = 499
@@ -114,6 +118,17 @@ async def _client_disconnected(request: Request, exc: ClientDisconnect) -> Respo
     return client_gone(request)
 
 
+async def _store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    # A documented 503, so callers (and fal, for its webhooks) retry: never a 500. The text may name
+    # the store's address, so the log gets the type only.
+    log.warning("store unavailable on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "The gateway's store is unavailable; retry shortly"},
+        status_code=503,
+        headers={"retry-after": str(STORE_RETRY_AFTER_SECONDS)},
+    )
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # The exception text may quote a header or a URL with credentials: log its type and place only.
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=False)
@@ -124,4 +139,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ClientDisconnect, _client_disconnected)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unexpected_error)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
@@ -24,6 +24,7 @@ from app.catalog.spec import ValidationLimits
 from app.fal.signatures import FalWebhookVerifier
 from app.fal.upstream import UpstreamClient
 from app.ops.metrics import Metrics
+from app.pipeline.shielded import ShieldedCalls
 from app.relay.bus import EventBus, open_bus
 from app.relay.completions import Completions
 from app.relay.leases import Leases, open_leases
@@ -59,12 +60,19 @@ class Gateway:
     watchers: Watchers
     outbox: Outbox
     poller: Poller
+    # Submits and sync runs whose answer from fal is still awaited; drained at shutdown.
+    shielded: ShieldedCalls = field(default_factory=ShieldedCalls)
     # On a Redis store, the one connection pool the store, bus, leases and limiter share; None on SQLite.
     redis_pool: ConnectionPool | None = None
 
     def start(self) -> None:
         self.outbox.start()
         self.poller.start()
+
+    async def drain(self) -> None:
+        """At shutdown, after uvicorn cancelled what was left of the requests: fal's answers to the
+        submits it may be running are still awaited (up to the upstream timeout) and recorded."""
+        await self.shielded.drain(self.settings.upstream_timeout + 5.0)
 
     async def aclose(self) -> None:
         await self.poller.aclose()

@@ -91,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            # In-flight HTTP requests are done by now (uvicorn drains them first); send what is due.
+            # In-flight HTTP requests are done or cancelled by now (uvicorn drains them first, up to the
+            # grace); submits fal may be running still get their answer recorded. Then send what is due.
+            await gateway.drain()
             await gateway.outbox.flush(time.monotonic() + min(5.0, settings.shutdown_grace_seconds / 2))
             if emulator is not None:
                 await emulator.state.emulator.shutdown()

@@ -7,6 +7,7 @@ speed; callers must not be able to tell: same decisions, same remaining counts, 
 from __future__ import annotations
 
 import math
+import time
 from unittest import mock
 
 import pytest
@@ -65,3 +66,23 @@ def test_forgetting_stale_windows_keeps_a_live_longer_one() -> None:
         windows.hit(f"bob{i}/read", 5, 1, 7200.0)
     allowed, _, remaining = windows.hit("alice/submit", 1, 3600, 7205.0)
     assert (allowed, remaining) == (False, 0)
+
+
+def test_new_callers_cost_o1_and_the_map_has_a_hard_cap() -> None:
+    # Anonymous mode keys windows by client address: a flood of new callers, all live at once, must
+    # neither scan every window per request (it was O(keys): ~8 ms a request at 100,000) nor grow past the cap.
+    windows = InProcessWindows()
+    cap = windows._MAX_KEYS
+    for i in range(cap):
+        windows.hit(f"{i}/read", 10, 60, 600.0)
+    started = time.perf_counter()
+    for i in range(2000):
+        windows.hit(f"new{i}/read", 10, 60, 600.5)
+    per_hit = (time.perf_counter() - started) / 2000
+    assert len(windows) <= cap
+    assert per_hit < 0.0002, f"{per_hit * 1000:.3f} ms per new caller"
+    # The newest callers are the ones kept, and stale windows go as new hits arrive.
+    assert windows.hit("new1999/read", 1, 60, 600.6)[0] is False
+    for i in range(2000):
+        windows.hit(f"later{i}/read", 10, 60, 800.0)
+    assert len(windows) < cap

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from app.callers.authenticator import Caller
 from app.catalog.spec import estimate_cost
 from app.errors import NotFound, PaymentRequired, TooManyRequests
-from app.pipeline.operations import Operation, OpKind
+from app.pipeline.operations import SPENDING_KINDS, Operation
 from app.settings import Settings
 from app.store import PROGRESS_ORDER, TERMINAL_STATES, Completion, RequestRecord, RequestState, Store
 
@@ -95,7 +95,9 @@ class Ledger:
                     estimated_cost=cost,
                 )
         slot = ""
-        if op.kind is OpKind.SUBMIT:
+        # A sync run holds an upstream connection for as long as fal takes (up to the upstream timeout):
+        # it counts against the in-flight cap like a queued job.
+        if op.kind in SPENDING_KINDS:
             slot = f"{self._slot_prefix}{next(self._slot_numbers):x}"
             limit = self._settings.max_inflight
             if not await self._store.acquire_slot(caller.id, slot, limit, self._settings.inflight_ttl_seconds):

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 
 from app.errors import TooManyRequests
 from app.pipeline.operations import SPENDING_KINDS, OpKind
-from app.store import is_redis_url
+from app.store import StoreUnavailable, is_redis_url
 
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
@@ -53,15 +55,28 @@ class InProcessWindows:
     """
 
     _MAX_KEYS = 100_000
+    _TRIM_PER_HIT = 2  # more than the one window a hit can add, so the map shrinks back as callers leave
 
     def __init__(self) -> None:
-        # key -> [period, window number, hits in the previous window, hits in the current one]
-        self._windows: dict[str, list[int]] = {}
+        # period -> key -> [period, window number, hits in the previous window, hits in the current one],
+        # least recently hit first. In anonymous mode a key is a client address, so anyone can add keys:
+        # forgetting only from the cold end is O(1) per request, where a scan for stale windows was
+        # O(keys). Within one period, least recently hit is also oldest window, so stale ones are first.
+        self._by_period: dict[int, OrderedDict[str, list[int]]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
 
     def hit(self, key: str, limit: int, period: int, now: float) -> tuple[bool, float, int]:
         """(allowed, reset_at, remaining) after counting one hit, unless the limit is reached."""
         number = int(now // period)
-        window = self._windows.get(key)
+        windows = self._by_period.get(period)
+        if windows is None:
+            windows = self._by_period[period] = OrderedDict()
+        window = windows.get(key)
+        if window is None:
+            self._size += 1
         if window is None or window[1] < number - 1:
             window = [period, number, 0, 0]
         elif window[1] == number - 1:
@@ -72,19 +87,29 @@ class InProcessWindows:
         if allowed:
             window[3] += 1
             weighted += 1
-        if key not in self._windows and len(self._windows) >= self._MAX_KEYS:
-            self._forget_stale(now)
-        self._windows[key] = window
+        windows[key] = window
+        windows.move_to_end(key)
+        self._trim(windows, number - 1)
         resets = [left_in_window % period] if window[3] else []
         if window[2]:
             resets.append(left_in_window % (period / window[2]))
         return allowed, now + min(resets, default=0.0), max(0, limit - math.floor(weighted))
 
-    def _forget_stale(self, now: float) -> None:
-        # Stale by each key's own period: an hourly window is not old because a per-second one is.
-        stale = [key for key, (period, number, _, _) in self._windows.items() if number < int(now // period) - 1]
-        for key in stale:
-            del self._windows[key]
+    def _trim(self, windows: OrderedDict[str, list[int]], oldest_live: int) -> None:
+        for _ in range(self._TRIM_PER_HIT):
+            if not windows:
+                break
+            key, window = next(iter(windows.items()))
+            if window[1] >= oldest_live:
+                break
+            del windows[key]
+            self._size -= 1
+        # A hard bound on memory: past the cap the coldest live window goes, from the shortest period
+        # first (it would be forgotten soonest anyway; an hourly window is not old because a per-second one is).
+        while self._size > self._MAX_KEYS:
+            shortest = min(period for period, held in self._by_period.items() if held)
+            self._by_period[shortest].popitem(last=False)
+            self._size -= 1
 
 
 class RateLimiter:
@@ -118,6 +143,7 @@ class RateLimiter:
             "async+" + store_url,
             implementation="redispy",
             key_prefix="falgate-ratelimit",
+            wrap_exceptions=True,  # StorageError for any Redis failure, answered as the store's 503
             connection_pool=redis_pool,  # type: ignore[arg-type]
         )
         return cls(storage, submit, read, owned_pool=owned)
@@ -135,8 +161,11 @@ class RateLimiter:
             key = item.key_for(caller_id, policy)
             allowed, reset_at, remaining = self._storage.hit(key, item.amount, item.get_expiry(), now)
         else:
-            allowed = await self._strategy.hit(item, caller_id, policy)
-            reset_at, remaining = await self._strategy.get_window_stats(item, caller_id, policy)
+            try:
+                allowed = await self._strategy.hit(item, caller_id, policy)
+                reset_at, remaining = await self._strategy.get_window_stats(item, caller_id, policy)
+            except StorageError as exc:
+                raise StoreUnavailable(f"rate limiter: {type(exc.storage_error).__name__}") from exc
         reset = max(1, math.ceil(reset_at - now))
         verdict = Verdict(policy, item.amount, max(0, remaining), reset, item.get_expiry())
         if not allowed:

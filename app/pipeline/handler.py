@@ -26,7 +26,7 @@ from app.pipeline.rewrite import json_body, relay
 from app.relay.client_webhooks import TargetRefused, validate_target_url
 from app.relay.completions import completion_from_result
 from app.relay.readers import fal_status_stream
-from app.store import RequestState
+from app.store import RequestState, StoreUnavailable
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
 
@@ -99,18 +99,32 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
         replay = await gateway.idempotency.begin(caller.id, key, op, payload)
         if replay is not None:
             return replay
-    admission: Admission | None = None
     try:
         admission = await gateway.ledger.admit(caller, op, payload)
-        upstream = await gateway.upstream.send(op, request.headers, body)
-        note(request.scope, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
-        # fal's answer is parsed once, for the URL rewrite and for the request id the ledger records.
-        data = json_body(upstream.content) if op.kind is OpKind.SUBMIT and upstream.status_code < 300 else None
-        response = relay(op, upstream, gateway.settings.gateway_url, data)
-        await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
     except BaseException:
-        if admission is not None:
-            await gateway.ledger.abandon(admission)
+        if key is not None:
+            await gateway.idempotency.abort(caller.id, key)
+        raise
+    # From here fal may get the bytes: fal's answer is awaited and recorded even if this request is
+    # cancelled (a shutdown's grace ran out, the client left). The call settles its own admission and
+    # idempotency key, so a retry with the same key replays the answer rather than submitting again.
+    call = _send_and_record(gateway, caller, op, request, body, admission, client_webhook, key)
+    return await gateway.shielded.run(call)
+
+
+async def _send_and_record(
+    gateway: Gateway,
+    caller: Caller,
+    op: Operation,
+    request: Request,
+    body: bytes,
+    admission: Admission,
+    client_webhook: str,
+    key: str | None,
+) -> Response:
+    try:
+        response = await _send_and_settle(gateway, op, request, body, admission, client_webhook)
+    except BaseException:
         if key is not None:
             await gateway.idempotency.abort(caller.id, key)
         raise
@@ -119,6 +133,26 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
             await gateway.idempotency.complete(caller.id, key, response)
         else:
             await gateway.idempotency.abort(caller.id, key)
+    return response
+
+
+async def _send_and_settle(
+    gateway: Gateway, op: Operation, request: Request, body: bytes, admission: Admission, client_webhook: str
+) -> Response:
+    try:
+        upstream = await gateway.upstream.send(op, request.headers, body)
+    except BaseException:
+        await gateway.ledger.abandon(admission)  # no answer from fal: nothing of ours to record
+        raise
+    note(request.scope, upstream_status=upstream.status_code, request_id=upstream.headers.get("x-fal-request-id"))
+    # fal's answer is parsed once, for the URL rewrite and for the request id the ledger records.
+    data = json_body(upstream.content) if op.kind is OpKind.SUBMIT and upstream.status_code < 300 else None
+    try:
+        response = relay(op, upstream, gateway.settings.gateway_url, data)
+    except BaseException:
+        await gateway.ledger.abandon(admission)
+        raise
+    await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
     return response
 
 
@@ -147,12 +181,24 @@ async def _settle(
         await ledger.abandon(admission, refund=status >= 300)
         return
     request_id = data.get("request_id") if data else None
-    if isinstance(request_id, str):
-        early = await ledger.commit(admission, op, request_id, client_webhook)
-        if early is not None:  # fal's webhook arrived before we had recorded the request
-            await gateway.completions.apply(early)
-    else:
+    if not isinstance(request_id, str):
         await ledger.abandon(admission)
+        return
+    try:
+        early = await ledger.commit(admission, op, request_id, client_webhook)
+    except BaseException:
+        # Not recorded (as far as we can know): the admission is still ours to give back.
+        await ledger.abandon(admission)
+        raise
+    # From here the stored record owns the slot and the budget: whatever fails now, finishing the
+    # request frees them, so nothing here may abandon the admission (a second refund).
+    if early is not None:  # fal's webhook arrived before we had recorded the request
+        try:
+            await gateway.completions.apply(early)
+        except (GatewayError, StoreUnavailable):
+            # fal took the job and it is recorded: the caller gets its request id. The completion is
+            # stored, and the poller finds the request still open and finishes it.
+            log.warning("applying an early completion failed", extra={"fields": {"request_id": request_id}})
 
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:

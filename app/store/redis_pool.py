@@ -19,9 +19,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-# Short enough that an unreachable Redis answers a request with 503 at once, not after the OS's timeout.
-CONNECT_TIMEOUT = 1.5
-COMMAND_TIMEOUT = 5.0
+# Short enough that an unreachable or hung (SIGSTOPped) Redis answers a request with 503 within about a
+# second, not after the OS's timeout: every command the gateway sends is a small O(1) script or lookup.
+CONNECT_TIMEOUT = 1.0
+COMMAND_TIMEOUT = 1.0
 # A connection idle this long is PINGed before its next command: a silently dropped one is replaced
 # instead of failing that command.
 HEALTH_CHECK_INTERVAL = 30

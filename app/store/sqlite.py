@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -44,16 +45,27 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_checkpoint import Checkpointer
-from app.store.sqlite_events import SQLiteRelay, request_record
+from app.store.sqlite_events import SQLiteRelay, prune_batch, request_record
 from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
 from app.store.sqlite_worker import Worker
 
 T = TypeVar("T")
+log = logging.getLogger("falgate.store")
 _Op = Callable[[sqlite3.Connection], T]
 
-_BUSY_TIMEOUT_MS = 5000
+# A call waits for another process's lock only until _CALL_SECONDS after it was queued, its time behind
+# other calls on the worker thread included: a locked database answers 503 within about two seconds
+# however many calls are queued, instead of each one waiting out the whole lock in turn. Opening (and
+# migrating) and the checkpointer wait _BUSY_TIMEOUT_MS.
+_BUSY_TIMEOUT_MS = 1000
+_CALL_SECONDS = 1.5
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
+# Housekeeping deletes at most this many rows per table in one transaction (each found by an index),
+# then lets the callers queued behind it run; a backlog is worked off a batch every _PRUNE_AGAIN_SECONDS.
+_PRUNE_BATCH = 1000
+_PRUNE_AGAIN_SECONDS = 0.2
 
 # Column order == field order, so a row is request_record(row) and a record is _row(record).
 _REQUEST_FIELDS = tuple(field.name for field in fields(RequestRecord))
@@ -87,6 +99,8 @@ def _open(path: str) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
         db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")  # the WAL shrinks back after a burst
         _migrate(db)
+        # From here a call first tries without waiting; only one that meets a lock waits (see `_run`).
+        db.execute("PRAGMA busy_timeout = 0")
     except BaseException:
         db.close()
         raise
@@ -122,20 +136,20 @@ class SQLiteStore(SQLiteRelay, Store):
         # Touched only by the worker thread:
         self._db: sqlite3.Connection | None = None
         self._checkpointer: Checkpointer | None = None
-        self._last_prune = 0.0
+        self._prune_due = 0.0  # time.monotonic() of the next housekeeping round (on the loop)
 
     # --- in the worker thread ---
 
-    def _run(self, op: _Op[T], write: bool) -> T:
+    def _run(self, op: _Op[T], write: bool, deadline: float) -> T:
         try:
             if self._db is None:
                 self._db = self._connect()  # on first use; a failed open is retried by the next call
             db = self._db
             if not write:
-                return op(db)
-            db.execute("BEGIN IMMEDIATE")
+                return self._without_lock_wait(db, deadline, lambda: op(db))
+            # Inside BEGIN IMMEDIATE we hold the write lock, and under WAL nothing after it waits for one.
+            self._without_lock_wait(db, deadline, lambda: db.execute("BEGIN IMMEDIATE"))
             try:
-                self._maybe_prune(db)  # first, so it never deletes what `op` just wrote
                 result = op(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -145,17 +159,39 @@ class SQLiteStore(SQLiteRelay, Store):
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"sqlite {self._path}: {exc}") from exc
 
-    def _maybe_prune(self, db: sqlite3.Connection) -> None:
+    def _without_lock_wait(self, db: sqlite3.Connection, deadline: float, attempt: Callable[[], T]) -> T:
+        """`attempt()` at once; if another connection holds the lock, again with a wait up to `deadline`.
+
+        The fast path costs nothing extra; a call that meets a lock first hands back the outcomes the
+        worker holds (their callers must not wait with it) and waits only what is left of its time."""
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:  # primary code of an extended one
+                raise
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise StoreUnavailable(f"sqlite {self._path}: locked, and the call already waited {_CALL_SECONDS} s")
+        self._worker.flush()
+        db.execute(f"PRAGMA busy_timeout = {left_ms}")
+        try:
+            return attempt()
+        finally:
+            db.execute("PRAGMA busy_timeout = 0")
+
+    def _prune(self, db: sqlite3.Connection) -> bool:
+        """One bounded round of housekeeping; True if some table had more to forget."""
         now = time.time()
-        if now - self._last_prune < _PRUNE_EVERY_SECONDS:
-            return
-        self._last_prune = now
         oldest_day = time.strftime("%Y-%m-%d", time.gmtime(now - SPEND_TTL_SECONDS))
-        db.execute("DELETE FROM slots WHERE expires_at <= ?", (now,))
-        db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
-        db.execute("DELETE FROM spend WHERE day < ?", (oldest_day,))
-        db.execute("DELETE FROM requests WHERE created_at < ?", (now - REQUEST_TTL_SECONDS,))
-        self._prune_relay(db, now)
+        more = False
+        for table, condition, cutoff in (
+            ("slots", "expires_at <= ?", now),
+            ("idempotency", "expires_at <= ?", now),
+            ("spend", "day < ?", oldest_day),
+            ("requests", "created_at < ?", now - REQUEST_TTL_SECONDS),
+        ):
+            more |= prune_batch(db, table, condition, cutoff, _PRUNE_BATCH)
+        return self._prune_relay(db, now, _PRUNE_BATCH) or more
 
     def _connect(self) -> sqlite3.Connection:
         db = _open(self._path)
@@ -178,13 +214,30 @@ class SQLiteStore(SQLiteRelay, Store):
     async def _submit(self, op: _Op[T], write: bool) -> T:
         if self._closing is not None:
             raise StoreUnavailable("the store is closed")
-        return await self._worker.submit(partial(self._run, op, write))
+        return await self._worker.submit(partial(self._run, op, write, time.monotonic() + _CALL_SECONDS))
 
     async def _write(self, op: _Op[T]) -> T:
         # No asyncio.shield needed, by construction: cancelling this await cancels only the caller's
         # future. The function is already queued and runs its whole transaction, COMMIT or ROLLBACK
         # included; the worker then drops the result.
+        if time.monotonic() >= self._prune_due and self._closing is None:
+            self._start_prune()
         return await self._submit(op, write=True)
+
+    def _start_prune(self) -> None:
+        # Its own short transaction queued ahead of this write (so it never deletes what the write adds),
+        # not part of the caller's: nobody awaits it, and a backlog is worked off in bounded rounds.
+        self._prune_due = time.monotonic() + _PRUNE_EVERY_SECONDS
+        future = self._worker.submit(partial(self._run, self._prune, True, time.monotonic() + _CALL_SECONDS))
+        future.add_done_callback(self._pruned)
+
+    def _pruned(self, future: asyncio.Future[bool]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:  # a locked or broken database: the next round retries
+            log.info("sqlite housekeeping failed: %s", type(future.exception()).__name__)
+        elif future.result():
+            self._prune_due = time.monotonic() + _PRUNE_AGAIN_SECONDS
 
     async def _read(self, op: _Op[T]) -> T:
         return await self._submit(op, write=False)

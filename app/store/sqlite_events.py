@@ -79,6 +79,13 @@ def _fetch_delivery(db: sqlite3.Connection, delivery_id: str) -> Delivery | None
     return None if row is None else _delivery(row)
 
 
+
+def prune_batch(db: sqlite3.Connection, table: str, condition: str, cutoff: object, batch: int) -> bool:
+    """Delete at most `batch` rows of `table` matching `condition` (one `?`, found by an index);
+    True if that many went, so there may be more."""
+    query = f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT {batch})"
+    return db.execute(query, (cutoff,)).rowcount == batch
+
 class SQLiteRelay:
     """Mixed into SQLiteStore, which provides `_write` and `_read`."""
 
@@ -89,14 +96,19 @@ class SQLiteRelay:
         async def _read(self, op: _Op[T]) -> T: ...
 
     @staticmethod
-    def _prune_relay(db: sqlite3.Connection, now: float) -> None:
-        db.execute("DELETE FROM completions WHERE received_at < ?", (now - COMPLETION_TTL_SECONDS,))
-        stale_logs = "SELECT request_id FROM event_logs WHERE updated_at < ?"
-        db.execute(f"DELETE FROM events WHERE request_id IN ({stale_logs})", (now - EVENT_TTL_SECONDS,))
-        db.execute("DELETE FROM event_logs WHERE updated_at < ?", (now - EVENT_TTL_SECONDS,))
+    def _prune_relay(db: sqlite3.Connection, now: float, batch: int) -> bool:
+        """One bounded round for the relay's tables; True if some had more to forget."""
+        more = prune_batch(db, "completions", "received_at < ?", now - COMPLETION_TTL_SECONDS, batch)
+        stale = [row[0] for row in db.execute(
+            f"SELECT request_id FROM event_logs WHERE updated_at < ? LIMIT {batch}", (now - EVENT_TTL_SECONDS,)
+        )]
+        # Events by their primary key's request_id, a log's at a time; then the logs themselves.
+        db.executemany("DELETE FROM events WHERE request_id = ?", [(request_id,) for request_id in stale])
+        db.executemany("DELETE FROM event_logs WHERE request_id = ?", [(request_id,) for request_id in stale])
+        more |= len(stale) == batch
         # Pending deliveries are still owed; only settled ones age out.
-        settled = f"DELETE FROM deliveries WHERE state != {_PENDING} AND updated_at < ?"
-        db.execute(settled, (now - DELIVERY_TTL_SECONDS,))
+        settled = f"state != {_PENDING} AND updated_at < ?"
+        return prune_batch(db, "deliveries", settled, now - DELIVERY_TTL_SECONDS, batch) or more
 
     # --- completions ---
 

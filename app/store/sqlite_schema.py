@@ -81,4 +81,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             " UPDATE slot_counts SET held = held - 1 WHERE caller_id = old.caller_id; END"
         ),
     ),
+    # Housekeeping finds what aged out by index, in bounded batches, rather than scanning whole tables
+    # inside a write transaction (which held the one worker thread and the write lock every minute).
+    (
+        "CREATE INDEX IF NOT EXISTS slots_by_expiry_only ON slots (expires_at)",
+        "CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at)",
+        "CREATE INDEX IF NOT EXISTS spend_by_day ON spend (day)",
+        "CREATE INDEX IF NOT EXISTS requests_by_age ON requests (created_at)",
+        "CREATE INDEX IF NOT EXISTS completions_by_age ON completions (received_at)",
+        "CREATE INDEX IF NOT EXISTS event_logs_by_age ON event_logs (updated_at)",
+        "CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (updated_at) WHERE state != 'pending'",
+    ),
 )

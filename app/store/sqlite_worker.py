@@ -45,6 +45,9 @@ class Worker:
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        # Touched only by the worker thread: the outcomes held back, and the loop they go to.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outcomes: list[_Outcome] = []
 
     def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -60,26 +63,30 @@ class Worker:
         self._jobs.put(None)
         return future
 
+    def flush(self) -> None:
+        """On the worker thread, from a function about to wait (for a lock): hand back the outcomes held
+        so far now, so their callers don't wait with it."""
+        self._outcomes = self._flush(self._loop, self._outcomes)
+
     def _serve(self) -> None:
-        loop: asyncio.AbstractEventLoop | None = None
-        outcomes: list[_Outcome] = []
         while True:
             try:
-                job = self._jobs.get(block=not outcomes)
+                job = self._jobs.get(block=not self._outcomes)
             except queue.Empty:  # caught up: now wake the loop
-                outcomes = self._flush(loop, outcomes)
+                self.flush()
                 continue
             if job is None:
-                self._flush(loop, outcomes)
+                self.flush()
                 return
             fn, job_loop, future = job
-            if job_loop is not loop or len(outcomes) >= _BATCH_MAX:
-                outcomes = self._flush(loop, outcomes)
-                loop = job_loop
+            if job_loop is not self._loop or len(self._outcomes) >= _BATCH_MAX:
+                self.flush()
+                self._loop = job_loop
             try:
-                outcomes.append((future, None, fn()))
+                outcome: _Outcome = (future, None, fn())
             except Exception as exc:
-                outcomes.append((future, exc, None))
+                outcome = (future, exc, None)
+            self._outcomes.append(outcome)
 
     @staticmethod
     def _flush(loop: asyncio.AbstractEventLoop | None, outcomes: list[_Outcome]) -> list[_Outcome]:
