@@ -1,0 +1,177 @@
+"""FALGATE_MODELS: endpoints beyond the nine, validated against fal's own OpenAPI documents (issue 12).
+
+A real gateway serves two endpoints from tests/fixtures/openapi (fal's document format), in front of the
+real emulator: valid bodies go through both doors and fal-client; invalid ones get a fal-shaped 422
+naming the field, and never reach the emulator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fal_client
+import fal_client.client
+import httpx
+import pytest
+
+from tests.conftest import Upstream, leak_checked_client
+from tests.servers import Server, start_gateway, wait_completed_flow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+KLING = "fal-ai/kling-video/v2.5-turbo/pro/image-to-video"
+VEO = "fal-ai/veo3/fast/image-to-video"
+DEPRECATED = "fal-ai/old-video/v1/image-to-video"
+IMAGE = "https://storage.googleapis.com/falserverless/example_inputs/veo3-i2v-input.png"
+VALID = {
+    KLING: {"prompt": "a car races", "image_url": IMAGE, "duration": "10", "cfg_scale": 0.7,
+            "camera_control": {"movement_type": "zoom", "movement_value": -3}, "tail_image_url": None},
+    VEO: {"prompt": "a woman laughs", "image_url": IMAGE, "duration": "6s", "guidance_scale": 0.5,
+          "reference_image_urls": [IMAGE], "sampling": {"steps": 20, "keyframes": [{"timestamp": 1.5, "image_url": IMAGE}]},
+          "seed": None},
+}
+
+
+@pytest.fixture(scope="module")
+def models_gateway(emulator: Server) -> Iterator[Server]:
+    server = start_gateway(emulator, FALGATE_MODELS=f"{KLING},{VEO}", FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gw(models_gateway: Server, upstream: Upstream) -> Iterator[httpx.Client]:
+    upstream.clear_faults()
+    with leak_checked_client(models_gateway.url) as client:
+        yield client
+
+
+@pytest.mark.parametrize("model_id", [KLING, VEO])
+def test_valid_body_end_to_end_rest_door(gw: httpx.Client, model_id: str) -> None:
+    result = wait_completed_flow(gw, model_id, VALID[model_id])
+    assert result["video"]["url"]
+
+
+@pytest.mark.parametrize("model_id", [KLING, VEO])
+def test_valid_body_end_to_end_proxy_door(gw: httpx.Client, model_id: str) -> None:
+    submitted = gw.post("/api/fal/proxy", json=VALID[model_id], headers={"x-fal-target-url": f"https://queue.fal.run/{model_id}"})
+    assert submitted.status_code == 200, submitted.text
+    request_id = submitted.json()["request_id"]
+    app_id = "/".join(model_id.split("/")[:2])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = gw.get("/api/fal/proxy", headers={"x-fal-target-url": f"https://queue.fal.run/{app_id}/requests/{request_id}/status"})
+        assert status.status_code in (200, 202), status.text
+        if status.json()["status"] == "COMPLETED":
+            break
+        time.sleep(0.1)
+    result = gw.get("/api/fal/proxy", headers={"x-fal-target-url": f"https://queue.fal.run/{app_id}/requests/{request_id}"})
+    assert result.status_code == 200 and result.json()["video"]["url"]
+
+
+@pytest.mark.parametrize("model_id", [KLING, VEO])
+def test_fal_client_subscribe(models_gateway: Server, monkeypatch: pytest.MonkeyPatch, model_id: str) -> None:
+    monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{models_gateway.url}/")
+    fal = fal_client.SyncClient(key="caller-side-dummy-key")
+    result = fal.subscribe(model_id, arguments=VALID[model_id], with_logs=True)
+    assert result["video"]["url"]
+
+
+INVALID = [
+    (VEO, {"duration": "5s"}, ["body", "duration"], "enum"),
+    (KLING, {"cfg_scale": 1.5}, ["body", "cfg_scale"], "less_than_equal"),
+    (VEO, {"guidance_scale": 0}, ["body", "guidance_scale"], "greater_than"),  # exclusiveMinimum inside anyOf
+    (VEO, {"sampling": {"shift": 0}}, ["body", "sampling", "shift"], "greater_than"),
+    (VEO, {"sampling": {"keyframes": [{"timestamp": 9}]}}, ["body", "sampling", "keyframes", 0, "timestamp"], "less_than_equal"),
+    (VEO, {"sampling": {"keyframes": [{}]}}, ["body", "sampling", "keyframes", 0, "timestamp"], "missing"),
+    (KLING, {"camera_control": {"movement_type": "pan", "movement_value": 11}}, ["body", "camera_control", "movement_value"], "less_than_equal"),
+    (KLING, {"camera_control": "spin"}, ["body", "camera_control"], "union_error"),  # neither object nor preset
+    (KLING, {"camera_control": {"movement_type": "pan", "movement_value": 1, "speed": 2}}, ["body", "camera_control", "speed"], "extra_forbidden"),
+    (VEO, {"generate_audio": "yes"}, ["body", "generate_audio"], "bool_type"),
+    (VEO, {"seed": -1}, ["body", "seed"], "greater_than_equal"),
+    (VEO, {"reference_image_urls": [IMAGE] * 4}, ["body", "reference_image_urls"], "too_long"),
+    (VEO, {"colour": "red"}, ["body", "colour"], "extra_forbidden"),
+    (KLING, {"prompt": None}, ["body", "prompt"], "string_type"),
+    # File-URL fields get the nine's URL / data-URI policy.
+    (KLING, {"tail_image_url": "ftp://example.com/a.png"}, ["body", "tail_image_url"], "url_scheme"),
+    (VEO, {"reference_image_urls": ["data:image/png;base64,AAA"]}, ["body", "reference_image_urls", 0], "base64_decode"),
+    (VEO, {"sampling": {"keyframes": [{"timestamp": 1, "image_url": "file:///etc/passwd"}]}},
+     ["body", "sampling", "keyframes", 0, "image_url"], "url_scheme"),
+]
+
+
+@pytest.mark.parametrize(("model_id", "change", "loc", "kind"), INVALID)
+def test_invalid_body_refused_without_upstream_call(
+    gw: httpx.Client, upstream: Upstream, model_id: str, change: dict, loc: list, kind: str
+) -> None:
+    body = {"prompt": "p", "image_url": IMAGE, **change}
+    upstream.clear()
+    for path, headers in ((f"/{model_id}", {}), ("/api/fal/proxy", {"x-fal-target-url": f"https://queue.fal.run/{model_id}"})):
+        response = gw.post(path, json=body, headers=headers)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert {"loc": loc, "type": kind} in [{"loc": err["loc"], "type": err["type"]} for err in detail], detail
+        assert all(set(err) == {"loc", "msg", "type"} for err in detail)
+    assert upstream.requests() == []
+
+
+def test_missing_required_fields(gw: httpx.Client, upstream: Upstream) -> None:
+    upstream.clear()
+    response = gw.post(f"/{KLING}", json={"duration": "5"})
+    assert response.status_code == 422
+    assert [err["loc"] for err in response.json()["detail"]] == [["body", "image_url"], ["body", "prompt"]]
+    assert upstream.requests() == []
+
+
+def test_errors_never_quote_the_value(gw: httpx.Client) -> None:
+    response = gw.post(f"/{VEO}", json={"prompt": "p", "image_url": IMAGE, "duration": "secret-value-42"})
+    assert response.status_code == 422 and "secret-value-42" not in response.text
+
+
+def test_catalog_and_docs_follow_the_registry(gw: httpx.Client) -> None:
+    models = {entry["id"]: entry for entry in gw.get("/v1/models").json()["models"]}
+    assert len(models) == 11
+    veo = models[VEO]
+    assert (veo["app_id"], veo["category"], veo["source"]) == ("fal-ai/veo3", "image-to-video", "folder")
+    assert veo["input_schema"]["properties"]["sampling"] == {"$ref": "#/$defs/SamplingSettings"}
+    assert "Keyframe" in veo["input_schema"]["$defs"]
+    assert veo["billing"]["unit"] == "request"
+    assert "source" not in models["fal-ai/veo2/image-to-video"]  # the nine's entries are as before
+    spec = gw.get("/openapi.json").json()
+    ref = spec["paths"][f"/{KLING}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    name = ref.rsplit("/", 1)[1]
+    schema = spec["components"]["schemas"][name]
+    assert schema["properties"]["camera_control"]["anyOf"][0]["$ref"].rsplit("/", 1)[1] in spec["components"]["schemas"]
+
+
+def test_unknown_fields_allowed_when_configured(emulator: Server, upstream: Upstream) -> None:
+    server = start_gateway(emulator, FALGATE_MODELS=VEO, FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi"),
+                           FALGATE_ALLOW_UNKNOWN_FIELDS="true")
+    try:
+        response = httpx.post(f"{server.url}/{VEO}", json={"prompt": "p", "image_url": IMAGE, "colour": "red"})
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+
+
+def test_deprecated_endpoint_refuses_start(emulator: Server) -> None:
+    with pytest.raises(RuntimeError, match=rf"(?s)exited.*{DEPRECATED}: fal marks this endpoint deprecated"):
+        start_gateway(emulator, FALGATE_MODELS=DEPRECATED, FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi_deprecated"))
+
+
+def test_deprecated_endpoint_left_out_when_not_strict(emulator: Server) -> None:
+    server = start_gateway(emulator, FALGATE_MODELS=f"{DEPRECATED},{VEO}", FALGATE_MODELS_STRICT="false",
+                           FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi_deprecated"),
+                           FALGATE_MODEL_CACHE_DIR=str(FIXTURES / "openapi"))
+    try:
+        ids = [entry["id"] for entry in httpx.get(f"{server.url}/v1/models").json()["models"]]
+        assert VEO in ids and DEPRECATED not in ids
+        assert "left out" in server.output and DEPRECATED in server.output
+    finally:
+        server.stop()
+
+
+def test_wildcard_is_refused(emulator: Server) -> None:
+    with pytest.raises(RuntimeError, match="'\\*' is not allowed"):
+        start_gateway(emulator, FALGATE_MODELS="fal-ai/*")
