@@ -7,6 +7,10 @@ naming the field, and never reach the emulator.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +20,10 @@ import fal_client.client
 import httpx
 import pytest
 
+from app.catalog.models import CATALOG
+from tests import emulator_schemas
 from tests.conftest import Upstream, leak_checked_client
-from tests.servers import Server, start_gateway, wait_completed_flow
+from tests.servers import CANARY_FAL_KEY, ROOT, Server, start_emulator, start_gateway, wait_completed_flow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KLING = "fal-ai/kling-video/v2.5-turbo/pro/image-to-video"
@@ -175,3 +181,107 @@ def test_deprecated_endpoint_left_out_when_not_strict(emulator: Server) -> None:
 def test_wildcard_is_refused(emulator: Server) -> None:
     with pytest.raises(RuntimeError, match="'\\*' is not allowed"):
         start_gateway(emulator, FALGATE_MODELS="fal-ai/*")
+
+
+# --- live loading from the (emulated) model API, the cache, and `falgate models` ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An emulator whose model API also serves the two fixture documents and the deprecated one."""
+    folder = tmp_path_factory.mktemp("emulator-schemas")
+    for source in (FIXTURES / "openapi").glob("*.json"):
+        (folder / source.name).write_text(source.read_text())
+    for source in (FIXTURES / "openapi_deprecated").glob("*.json"):
+        (folder / source.name).write_text(source.read_text())
+    (folder / "pricing.json").write_text(json.dumps({VEO: {"unit_price": 0.4, "unit": "second"}}))
+    server = start_emulator(FALGATE_EMULATOR_SCHEMA_DIR=str(folder))
+    yield server
+    server.stop()
+
+
+def _api(server: Server) -> dict[str, str]:
+    return {"FALGATE_FAL_API_URL": f"{server.url}/api"}
+
+
+def test_live_load_cache_and_restart_with_model_api_down(tmp_path: Path, emulator: Server) -> None:
+    api = start_emulator(FALGATE_EMULATOR_SCHEMA_DIR=str(FIXTURES / "openapi"))
+    cache = tmp_path / "cache"
+    env = {"FALGATE_MODELS": f"{KLING},{VEO}", "FALGATE_MODEL_CACHE_DIR": str(cache), **_api(api)}
+    try:
+        server = start_gateway(emulator, **env)
+        try:
+            models = {e["id"]: e for e in httpx.get(f"{server.url}/v1/models").json()["models"]}
+            assert models[VEO]["source"] == models[KLING]["source"] == "model-api"
+            assert sorted(p.name for p in cache.glob("fal-ai*.json")) == sorted(p.name for p in (FIXTURES / "openapi").glob("*.json"))
+            refused = httpx.post(f"{server.url}/{VEO}", json={"prompt": "p", "image_url": IMAGE, "duration": "5s"})
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "duration"]
+        finally:
+            server.stop()
+    finally:
+        api.stop()
+    # The model API is gone (its emulator stopped): the gateway starts from the cache and still validates.
+    server = start_gateway(emulator, **env)
+    try:
+        models = {e["id"]: e for e in httpx.get(f"{server.url}/v1/models").json()["models"]}
+        assert models[VEO]["source"] == models[KLING]["source"] == "cache"
+        assert "model API is unreachable" in server.output
+        result = wait_completed_flow(httpx.Client(base_url=server.url, timeout=30), KLING, VALID[KLING])
+        assert result["video"]["url"]
+        refused = httpx.post(f"{server.url}/{KLING}", json={"prompt": "p", "image_url": IMAGE, "cfg_scale": 2})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "cfg_scale"]
+    finally:
+        server.stop()
+
+
+def test_live_deprecated_and_unknown_endpoints_refuse_start(model_api: Server, emulator: Server, tmp_path: Path) -> None:
+    env = {"FALGATE_MODEL_CACHE_DIR": str(tmp_path), **_api(model_api)}
+    with pytest.raises(RuntimeError, match=rf"(?s){DEPRECATED}: fal marks this endpoint deprecated"):
+        start_gateway(emulator, FALGATE_MODELS=f"{VEO},{DEPRECATED}", **env)
+    with pytest.raises(RuntimeError, match=r"(?s)fal-ai/no-such/model: unknown endpoint"):
+        start_gateway(emulator, FALGATE_MODELS="fal-ai/no-such/model", **env)
+
+
+def test_emulator_model_api_paginates_and_expands(model_api: Server) -> None:
+    headers = {"authorization": f"Key {CANARY_FAL_KEY}"}
+    assert httpx.get(f"{model_api.url}/api/v1/models").status_code == 401
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params = {"limit": 4, "expand": "openapi-3.0", **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{model_api.url}/api/v1/models", params=params, headers=headers).json()
+        seen += [m["endpoint_id"] for m in page["models"]]
+        assert all("openapi" in m for m in page["models"])
+        if not page["has_more"]:
+            break
+        cursor = page["next_cursor"]
+    assert len(seen) == 12 and len(set(seen)) == 12  # the nine, the two fixtures, the deprecated one
+    assert "fal-ai/veo2/image-to-video" in seen
+    picked = httpx.get(f"{model_api.url}/api/v1/models", params=[("endpoint_id", VEO), ("endpoint_id", KLING)], headers=headers)
+    assert sorted(m["endpoint_id"] for m in picked.json()["models"]) == sorted([VEO, KLING])
+    assert "openapi" not in picked.json()["models"][0]
+    prices = httpx.get(f"{model_api.url}/api/v1/models/pricing", params={"endpoint_id": VEO}, headers=headers).json()
+    assert prices["prices"] == [{"endpoint_id": VEO, "currency": "USD", "unit_price": 0.4, "unit": "second"}]
+
+
+def test_models_sync_and_list(model_api: Server, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FALGATE_", "FAL_"))}
+    env.update({"PYTHONPATH": str(ROOT), "FAL_KEY": CANARY_FAL_KEY, "FALGATE_ALLOW_ANONYMOUS": "true",
+                "FALGATE_MODELS": f"{KLING},{VEO}", "FALGATE_MODEL_CACHE_DIR": str(tmp_path / "cache"), **_api(model_api)})
+    pinned = tmp_path / "pinned"
+    sync = subprocess.run([sys.executable, "-m", "app.cli", "models", "sync", "--dir", str(pinned)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert sync.returncode == 0, sync.stderr
+    assert len(list(pinned.glob("*.json"))) == 2
+    env["FALGATE_MODEL_SCHEMA_DIR"] = str(pinned)
+    env["FALGATE_FAL_API_URL"] = "http://127.0.0.1:9/api"  # pinned: no model API needed
+    listing = subprocess.run([sys.executable, "-m", "app.cli", "models", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert f"{VEO}\tfolder\timage-to-video" in listing.stdout.splitlines()
+    assert "fal-ai/veo2/image-to-video\tbuilt-in\timage-to-video" in listing.stdout.splitlines()
+    assert CANARY_FAL_KEY not in listing.stdout + listing.stderr + sync.stdout + sync.stderr
+
+
+def test_emulator_schemas_of_the_nine_are_current() -> None:
+    for spec in CATALOG.values():
+        assert (emulator_schemas.FOLDER / emulator_schemas.file_name(spec)).read_text() == emulator_schemas.render(spec)
