@@ -285,3 +285,34 @@ def test_models_sync_and_list(model_api: Server, tmp_path: Path) -> None:
 def test_emulator_schemas_of_the_nine_are_current() -> None:
     for spec in CATALOG.values():
         assert (emulator_schemas.FOLDER / emulator_schemas.file_name(spec)).read_text() == emulator_schemas.render(spec)
+
+
+# --- prices: budgets work for configured models as for the nine -------------------------------------------------
+
+
+def test_budget_with_configured_price_and_rule(emulator: Server) -> None:
+    rules = {VEO: {"kind": "per_second", "field": "duration", "default": "8s"}}
+    server = start_gateway(emulator, FALGATE_MODELS=VEO, FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi"),
+                           FALGATE_PRICES=json.dumps({VEO: 0.15}), FALGATE_PRICE_RULES=json.dumps(rules),
+                           FALGATE_BUDGET_PER_DAY="1.0")
+    try:
+        entry = next(e for e in httpx.get(f"{server.url}/v1/models").json()["models"] if e["id"] == VEO)
+        assert entry["billing"]["unit"] == "second" and entry["billing"]["price_per_unit"] == 0.15
+        body = {"prompt": "p", "image_url": IMAGE, "duration": "6s"}  # 6 units * 0.15 = 0.90
+        assert httpx.post(f"{server.url}/{VEO}", json=body).status_code == 200
+        refused = httpx.post(f"{server.url}/{VEO}", json=body)
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["estimated_cost"] == 0.9
+    finally:
+        server.stop()
+
+
+def test_price_from_the_model_api_is_cached(model_api: Server, emulator: Server, tmp_path: Path) -> None:
+    env = {"FALGATE_MODELS": VEO, "FALGATE_MODEL_CACHE_DIR": str(tmp_path), **_api(model_api)}
+    server = start_gateway(emulator, **env)
+    try:
+        entry = next(e for e in httpx.get(f"{server.url}/v1/models").json()["models"] if e["id"] == VEO)
+        assert entry["billing"]["price_per_unit"] == 0.4
+    finally:
+        server.stop()
+    assert json.loads((tmp_path / "_pricing.json").read_text())[VEO]["unit_price"] == 0.4
