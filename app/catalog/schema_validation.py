@@ -13,7 +13,7 @@ data-URI policy as the built-in nine, through the nine's own check.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema_rs
@@ -27,6 +27,7 @@ _REF_PREFIX = "#/components/schemas/"
 _JSON_TYPES = {"string": "string", "integer": "int", "number": "float", "boolean": "bool", "object": "dict",
                "array": "list", "null": "none"}
 _TEXT_FIELDS = ("prompt", "negative_prompt")
+_BODY = ["body"]  # never mutated: each level builds a new loc list
 
 
 @dataclass(slots=True)
@@ -44,7 +45,7 @@ class SchemaInput:
         self.doc = doc
         self._closed = jsonschema_rs.Draft202012Validator(validator_schema(doc, closed=True))
         self._open = jsonschema_rs.Draft202012Validator(validator_schema(doc, closed=False))
-        self._components = doc.components
+        self._plan = _PlanBuilder(doc.components).build(doc.input_schema) or _UrlPlan()
 
     @property
     def name(self) -> str:
@@ -54,15 +55,55 @@ class SchemaInput:
         validator = self._open if limits.allow_unknown_fields else self._closed
         if not validator.is_valid(payload):
             return sorted((err for exc in validator.iter_errors(payload) for err in _errors(exc)), key=_order)
-        return list(self._policy_errors(payload, limits))
+        return self._policy_errors(payload, limits)
 
-    def _policy_errors(self, payload: dict[str, Any], limits: ValidationLimits) -> Iterator[dict[str, Any]]:
+    def _policy_errors(self, payload: dict[str, Any], limits: ValidationLimits) -> list[dict[str, Any]]:
+        errors: list[dict[str, Any]] = []
         for name in _TEXT_FIELDS:
             value = payload.get(name)
-            if isinstance(value, str) and len(value) > limits.max_prompt_length:
-                yield {"loc": ["body", name], "type": "string_too_long",
-                       "msg": f"String should have at most {limits.max_prompt_length} characters"}
-        yield from self._urls(payload, self._resolve(self.doc.input_schema), ["body"], limits)
+            if value.__class__ is str and len(value) > limits.max_prompt_length:
+                errors.append({"loc": ["body", name], "type": "string_too_long",
+                               "msg": f"String should have at most {limits.max_prompt_length} characters"})
+        self._plan.check(payload, _BODY, limits, errors)
+        return errors
+
+
+@dataclass(slots=True)
+class _UrlPlan:
+    """Where an object's file-URL fields are, worked out once from the schema, so a request walks only them."""
+
+    urls: frozenset[str] = frozenset()  # string fields holding one URL
+    url_lists: frozenset[str] = frozenset()  # array fields of URLs
+    children: dict[str, _UrlPlan] = field(default_factory=dict)  # object or array fields that hold some
+
+    def check(self, value: Any, loc: list, limits: ValidationLimits, errors: list[dict[str, Any]]) -> None:
+        """Appends to `errors` (no generators: this runs on every valid request)."""
+        if isinstance(value, list):
+            for index, element in enumerate(value):
+                self.check(element, [*loc, index], limits, errors)
+            return
+        if not isinstance(value, dict):
+            return
+        for key in self.urls:
+            item = value.get(key)
+            if item.__class__ is str:
+                _check(item, key, [*loc, key], limits, errors)
+        for key in self.url_lists:
+            item = value.get(key)
+            if isinstance(item, list):
+                for index, element in enumerate(item):
+                    if element.__class__ is str:
+                        _check(element, key, [*loc, key, index], limits, errors)
+        for key, child in self.children.items():
+            item = value.get(key)
+            if item is not None:
+                child.check(item, [*loc, key], limits, errors)
+
+
+class _PlanBuilder:
+    def __init__(self, components: dict[str, Any]) -> None:
+        self._components = components
+        self._building: set[int] = set()
 
     def _resolve(self, node: Any) -> dict[str, Any]:
         for _ in range(32):  # a cycle of bare $refs ends here rather than looping
@@ -77,42 +118,49 @@ class SchemaInput:
             for branch in node.get(key) or ():
                 yield from self._branches(self._resolve(branch))
 
-    def _urls(self, value: Any, node: dict[str, Any], loc: list, limits: ValidationLimits) -> Iterator[dict[str, Any]]:
-        if isinstance(value, dict):
+    def build(self, node: Any) -> _UrlPlan | None:
+        """The plan for values of `node` (an object, or an array of them), None when it holds no URL field."""
+        node = self._resolve(node)
+        if id(node) in self._building:  # a recursive type: its URL fields are checked at the outer level only
+            return None
+        self._building.add(id(node))
+        try:
             props: dict[str, Any] = {}
+            items: list[Any] = []
             for branch in self._branches(node):
                 props.update(branch.get("properties") or {})
-            for key, item in value.items():
-                field = self._resolve(props.get(key, {}))
-                if isinstance(item, str) and _is_url_field(key, field):
-                    yield from _check(item, key, [*loc, key], limits)
-                elif isinstance(item, list) and key.endswith("_urls"):
-                    for index, element in enumerate(item):
-                        if isinstance(element, str):
-                            yield from _check(element, key, [*loc, key, index], limits)
-                elif isinstance(item, dict | list):
-                    yield from self._urls(item, field, [*loc, key], limits)
-        elif isinstance(value, list):
-            items: dict[str, Any] = {}
-            for branch in self._branches(node):
-                items = self._resolve(branch.get("items")) or items
-            for index, element in enumerate(value):
-                if isinstance(element, dict | list):
-                    yield from self._urls(element, items, [*loc, index], limits)
+                if isinstance(branch.get("items"), dict):
+                    items.append(branch["items"])
+            if items and not props:
+                return self.build(items[0])
+            urls, url_lists, children = set(), set(), {}
+            for name, raw in props.items():
+                prop = self._resolve(raw)
+                if _is_url_field(name, prop) or any(_is_url_field(name, b) for b in self._branches(prop)):
+                    urls.add(name)
+                if name.endswith("_urls"):
+                    url_lists.add(name)
+                elif (child := self.build(prop)) is not None:
+                    children[name] = child
+            if not (urls or url_lists or children):
+                return None
+            return _UrlPlan(frozenset(urls), frozenset(url_lists), children)
+        finally:
+            self._building.discard(id(node))
 
 
-def _is_url_field(name: str, field: dict[str, Any]) -> bool:
+def _is_url_field(name: str, prop: dict[str, Any]) -> bool:
     if name.endswith("_url"):
         return True
-    text = f"{field.get('description', '')} {field.get('title', '')}".lower()
-    return field.get("type") == "string" and ("url of" in text or "url to" in text or "url for" in text)
+    text = f"{prop.get('description', '')} {prop.get('title', '')}".lower()
+    return prop.get("type") == "string" and ("url of" in text or "url to" in text or "url for" in text)
 
 
-def _check(value: str, field: str, loc: list, limits: ValidationLimits) -> Iterator[dict[str, Any]]:
+def _check(value: str, field: str, loc: list, limits: ValidationLimits, errors: list[dict[str, Any]]) -> None:
     try:
         _check_image_url(value, _Info(field, limits))  # type: ignore[arg-type]
     except PydanticCustomError as exc:
-        yield {"loc": loc, "msg": exc.message(), "type": exc.type}
+        errors.append({"loc": loc, "msg": exc.message(), "type": exc.type})
 
 
 def _order(err: dict[str, Any]) -> tuple:
