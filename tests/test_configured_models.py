@@ -316,3 +316,26 @@ def test_price_from_the_model_api_is_cached(model_api: Server, emulator: Server,
     finally:
         server.stop()
     assert json.loads((tmp_path / "_pricing.json").read_text())[VEO]["unit_price"] == 0.4
+
+
+def test_image_category_endpoint_gets_an_image(emulator: Server, tmp_path: Path) -> None:
+    """An endpoint the emulator's model API lists as text-to-image runs with an image result."""
+    flux = "fal-ai/flux/schnell"
+    document = json.loads((FIXTURES / "openapi" / "fal-ai__veo3__fast__image-to-video.json").read_text())
+    text = json.dumps(document).replace(VEO, flux).replace('"image-to-video"', '"text-to-image"')
+    (tmp_path / "flux.json").write_text(text)
+    api = start_emulator(FALGATE_EMULATOR_SCHEMA_DIR=str(tmp_path))
+    try:
+        server = start_gateway(api, FALGATE_MODELS=flux, FALGATE_MODEL_CACHE_DIR=str(tmp_path / "cache"), **_api(api))
+        try:
+            entry = next(e for e in httpx.get(f"{server.url}/v1/models").json()["models"] if e["id"] == flux)
+            assert entry["category"] == "text-to-image"
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                result = wait_completed_flow(client, flux, {"prompt": "a fox", "image_url": IMAGE})
+            image = result["images"][0]
+            assert image["content_type"] == "image/png"
+            assert httpx.get(image["url"]).content.startswith(b"\x89PNG")
+        finally:
+            server.stop()
+    finally:
+        api.stop()

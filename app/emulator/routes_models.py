@@ -8,42 +8,17 @@ optional `pricing.json` there ({endpoint_id: {"unit_price", "unit"}}) sets price
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from .model_catalog import catalog as _catalog
 from .web import runtime_of
 
-BUILT_IN = Path(__file__).resolve().parent / "schemas"
 DEFAULT_PRICE = {"unit_price": 0.1, "unit": "video"}
 PAGE_LIMIT = 10
 
 router = APIRouter(prefix="/api/v1/models")
-
-
-@cache
-def _catalog(extra: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(documents by endpoint id, prices by endpoint id), read once per folder set."""
-    documents: dict[str, dict[str, Any]] = {}
-    prices: dict[str, dict[str, Any]] = {}
-    for folder in (BUILT_IN, Path(extra) if extra else None):
-        if folder is None or not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.json")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if path.name == "pricing.json" and isinstance(data, dict):
-                prices.update(data)
-                continue
-            endpoint_id = ((data.get("info") or {}).get("x-fal-metadata") or {}).get("endpointId")
-            if isinstance(endpoint_id, str):
-                documents[endpoint_id] = data
-    return documents, prices
 
 
 def _entry(endpoint_id: str, document: dict[str, Any], expand: bool) -> dict[str, Any]:
