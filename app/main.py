@@ -73,7 +73,8 @@ def model_sources(settings: Settings) -> ModelSources:
         ids=tuple(settings.models),
         schema_dir=Path(settings.model_schema_dir) if settings.model_schema_dir else None,
         cache_dir=Path(settings.models_cache_path),
-        api_url=settings.fal_api_url,
+        # The embedded emulator's key is not fal's, and the emulator is not listening yet: no model API.
+        api_url=None if settings.emulated else settings.fal_api_url,
         key=settings.upstream_key,
         strict=settings.models_strict,
         rules=parse_price_rules(settings.price_rules),
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 key=settings.upstream_key,
                 job_seconds=settings.emulator_job_seconds,
                 public_url=settings.gateway_url + EMULATOR_MOUNT,
+                # Its jobs and model API know the configured endpoints' categories from the same documents.
+                schema_dir=settings.model_schema_dir,
             )
         )
 

@@ -23,7 +23,7 @@ import pytest
 from app.catalog.models import CATALOG
 from tests import emulator_schemas
 from tests.conftest import Upstream, leak_checked_client
-from tests.servers import CANARY_FAL_KEY, ROOT, Server, start_emulator, start_gateway, wait_completed_flow
+from tests.servers import CANARY_FAL_KEY, ROOT, Server, free_port, start_emulator, start_gateway, wait_completed_flow
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KLING = "fal-ai/kling-video/v2.5-turbo/pro/image-to-video"
@@ -339,3 +339,26 @@ def test_image_category_endpoint_gets_an_image(emulator: Server, tmp_path: Path)
             server.stop()
     finally:
         api.stop()
+
+
+def test_emulator_mode_serves_configured_models_from_the_schema_folder(tmp_path: Path) -> None:
+    """No FAL_KEY: the embedded emulator runs the jobs, and fal's model API is never asked (its key is fake)."""
+    port = free_port()
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    name = "fal-ai__veo3__fast__image-to-video.json"
+    (pinned / name).write_text((FIXTURES / "openapi" / name).read_text())
+    # Kling is not pinned: left out (not strict), without a call to the model API.
+    env = {"FALGATE_PORT": str(port), "FALGATE_STORE_URL": f"sqlite:///{tmp_path}/falgate.db",
+           "FALGATE_EMULATOR_JOB_SECONDS": "0.5", "FALGATE_MODELS": f"{VEO},{KLING}", "FALGATE_MODELS_STRICT": "false",
+           "FALGATE_MODEL_SCHEMA_DIR": str(pinned), "FALGATE_FAL_API_URL": "http://127.0.0.1:9/api"}
+    server = Server("gateway-emulated", [sys.executable, "-m", "app.cli", "serve"], port, env)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert wait_completed_flow(client, VEO, VALID[VEO])["video"]["url"]
+            assert client.post(f"/{VEO}", json={"prompt": "p", "image_url": IMAGE, "seed": -1}).status_code == 422
+    finally:
+        server.stop()
+    assert "model API is unreachable" not in server.output
+    assert "not called in emulator mode" in server.output

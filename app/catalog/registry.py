@@ -42,7 +42,7 @@ class ModelSources:
     ids: tuple[str, ...]
     schema_dir: Path | None
     cache_dir: Path | None
-    api_url: str
+    api_url: str | None  # None: never call the model API (emulator mode: the key is not fal's)
     key: str = field(repr=False)
     strict: bool = True
     rules: Mapping[str, BillingRule] = field(default_factory=dict)
@@ -93,6 +93,8 @@ def load(sources: ModelSources) -> list[ModelSpec]:
 def sync(sources: ModelSources, folder: Path) -> list[str]:
     """`falgate models sync`: fetch the configured endpoints' documents from the model API into `folder`."""
     ids = [endpoint_id for endpoint_id in sources.ids if endpoint_id not in CATALOG]
+    if sources.api_url is None:
+        raise ModelLoadError("emulator mode (no FAL_KEY): set FAL_KEY to fetch from fal's model API")
     entries = model_api.fetch_models(sources.api_url, sources.key, ids)
     written: list[str] = []
     for endpoint_id in ids:
@@ -109,6 +111,8 @@ def sync(sources: ModelSources, folder: Path) -> list[str]:
 def _fetch_live(sources: ModelSources, ids: list[str]) -> tuple[dict[str, Any], str | None]:
     if not ids:
         return {}, None
+    if sources.api_url is None:
+        return {}, "not called in emulator mode: put the documents in FALGATE_MODEL_SCHEMA_DIR"
     try:
         return model_api.fetch_models(sources.api_url, sources.key, ids), None
     except model_api.ModelApiError as exc:
@@ -175,7 +179,7 @@ def _prices(sources: ModelSources, ids: list[str]) -> dict[str, dict[str, Any]]:
             cached = json.loads(cache.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             cached = {}
-    if not wanted:
+    if not wanted or sources.api_url is None:
         return cached
     try:
         fetched = model_api.fetch_prices(sources.api_url, sources.key, wanted)
