@@ -362,3 +362,20 @@ def test_emulator_mode_serves_configured_models_from_the_schema_folder(tmp_path:
         server.stop()
     assert "model API is unreachable" not in server.output
     assert "not called in emulator mode" in server.output
+
+
+def test_model_api_client_follows_pages(model_api: Server) -> None:
+    """The gateway's client of the model API, against the emulator, one entry per page."""
+    from app.catalog.model_api import fetch_models
+
+    ids = [VEO, KLING, DEPRECATED, "fal-ai/veo2/image-to-video", "fal-ai/unknown/x"]
+    found = fetch_models(f"{model_api.url}/api", CANARY_FAL_KEY, ids, page_size=1)
+    assert sorted(found) == sorted(ids[:4])
+    assert found[DEPRECATED]["metadata"]["status"] == "deprecated"
+    assert found[VEO]["openapi"]["info"]["x-fal-metadata"]["endpointId"] == VEO
+    pages = [r for r in model_api_requests(model_api) if r["path"] == "/api/v1/models"]
+    assert len(pages) >= 4
+
+
+def model_api_requests(server: Server) -> list[dict]:
+    return httpx.get(f"{server.url}/_control/requests").json()

@@ -50,12 +50,15 @@ def _chunks(ids: list[str]) -> Iterator[list[str]]:
         yield ids[start : start + IDS_PER_CALL]
 
 
-def fetch_models(api_url: str, key: str, ids: list[str], timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+def fetch_models(
+    api_url: str, key: str, ids: list[str], timeout: float = 15.0, page_size: int = IDS_PER_CALL
+) -> dict[str, dict[str, Any]]:
     """{endpoint_id: model entry} for the ids fal knows (`metadata`, and `openapi` when it has a document)."""
     found: dict[str, dict[str, Any]] = {}
     with _client(api_url, key, timeout) as client:
         for chunk in _chunks(ids):
-            params = [("endpoint_id", endpoint_id) for endpoint_id in chunk] + [("expand", "openapi-3.0")]
+            params = [("endpoint_id", endpoint_id) for endpoint_id in chunk]
+            params += [("expand", "openapi-3.0"), ("limit", str(page_size))]
             for entry in _pages(client, "/v1/models", params, "models"):
                 endpoint_id = entry.get("endpoint_id")
                 if isinstance(endpoint_id, str):
