@@ -143,7 +143,8 @@ def test_catalog_and_docs_follow_the_registry(gw: httpx.Client) -> None:
     assert veo["input_schema"]["properties"]["sampling"] == {"$ref": "#/$defs/SamplingSettings"}
     assert "Keyframe" in veo["input_schema"]["$defs"]
     assert veo["billing"]["unit"] == "request"
-    assert "source" not in models["fal-ai/veo2/image-to-video"]  # the nine's entries are as before
+    assert (models["fal-ai/veo2/image-to-video"]["source"], models["fal-ai/veo2/image-to-video"]["category"]) == (
+        "built-in", "image-to-video")
     spec = gw.get("/openapi.json").json()
     ref = spec["paths"][f"/{KLING}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     name = ref.rsplit("/", 1)[1]

@@ -142,7 +142,6 @@ def catalog_entry(
             if field is not None:
                 field["maxLength"] = limits.max_prompt_length
     price = prices.get(spec.slug, DEFAULT_PRICES.get(spec.slug, spec.unit_price))
-    extra = {} if spec.schema is None else {"category": spec.category, "source": spec.source}
     return {
         "id": spec.model_id,
         "app_id": spec.app_id,
@@ -155,5 +154,6 @@ def catalog_entry(
             "price_per_unit": price,
             "parameters": spec.billing.parameters(),
         },
-        **extra,
+        "category": spec.category,
+        "source": spec.source,  # built-in | folder | model-api | cache: where the input schema came from
     }
