@@ -1,4 +1,4 @@
-"""The `falgate` command: `serve`, `emulator`, `keys new`."""
+"""The `falgate` command: `serve`, `emulator`, `keys new`, `models sync|list`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,31 @@ def _keys_new(args: argparse.Namespace) -> None:
     )
 
 
+def _models_sync(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from app.catalog import model_api, registry
+    from app.main import load_settings, model_sources
+
+    settings = load_settings()
+    folder = Path(args.dir or settings.model_schema_dir or settings.models_cache_path)
+    try:
+        written = registry.sync(model_sources(settings), folder)
+    except (registry.ModelLoadError, model_api.ModelApiError, ValueError) as exc:
+        raise SystemExit(f"falgate models sync: {exc}") from None
+    for endpoint_id in written:
+        print(f"{endpoint_id}\t{folder}")
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    from app.catalog import registry
+    from app.main import load_models, load_settings
+
+    load_models(load_settings())
+    for spec in registry.MODELS.values():
+        print(f"{spec.model_id}\t{spec.source}\t{spec.category}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="falgate", description="A gateway for fal.ai's image-to-video models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +99,14 @@ def main(argv: list[str] | None = None) -> None:
     keys_new = keys_commands.add_parser("new", help="print a new random key and its FALGATE_API_KEYS entry")
     keys_new.add_argument("caller_id", metavar="CALLER_ID", help="who the key is for, e.g. alice or web-app")
     keys_new.set_defaults(run=_keys_new)
+
+    models = commands.add_parser("models", help="the fal endpoints FALGATE_MODELS configures")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    sync = models_commands.add_parser("sync", help="fetch their OpenAPI documents from fal's model API into a folder")
+    sync.add_argument("--dir", help="where to write (default FALGATE_MODEL_SCHEMA_DIR, else the cache folder)")
+    sync.set_defaults(run=_models_sync)
+    listing = models_commands.add_parser("list", help="print each served model, where its schema came from, its category")
+    listing.set_defaults(run=_models_list)
 
     args = parser.parse_args(argv)
     try:

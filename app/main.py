@@ -10,13 +10,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
 
-from app.catalog.models import CATALOG
+from app.catalog import registry
+from app.catalog.billing import parse_price_table
+from app.catalog.price_rules import parse_price_rules
+from app.catalog.registry import MODELS, ModelSources
+from app.catalog.schema_documents import docs_components
 from app.doors import proxy, queue
 from app.doors.route import FrontDoors
 from app.emulator import EmulatorConfig, create_emulator_app
@@ -63,8 +68,32 @@ def load_settings() -> Settings:
         raise SystemExit("falgate: invalid configuration:\n" + "\n".join(lines)) from None
 
 
+def model_sources(settings: Settings) -> ModelSources:
+    """Where FALGATE_MODELS' documents come from, as the registry wants them."""
+    return ModelSources(
+        ids=tuple(settings.models),
+        schema_dir=Path(settings.model_schema_dir) if settings.model_schema_dir else None,
+        cache_dir=Path(settings.models_cache_path),
+        # The embedded emulator's key is not fal's, and the emulator is not listening yet: no model API.
+        api_url=None if settings.emulated else settings.fal_api_url,
+        key=settings.upstream_key,
+        strict=settings.models_strict,
+        rules=parse_price_rules(settings.price_rules),
+        prices=parse_price_table(settings.prices),
+    )
+
+
+def load_models(settings: Settings) -> None:
+    """Register FALGATE_MODELS before any route is built, or stop with the message naming each failure."""
+    try:
+        registry.load(model_sources(settings))
+    except registry.ModelLoadError as exc:
+        raise SystemExit(f"falgate: {exc}") from None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    load_models(settings)
     emulator = None
     if settings.emulated:
         settings.use_embedded_emulator()
@@ -73,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 key=settings.upstream_key,
                 job_seconds=settings.emulator_job_seconds,
                 public_url=settings.gateway_url + EMULATOR_MOUNT,
+                # Its jobs and model API know the configured endpoints' categories from the same documents.
+                schema_dir=settings.model_schema_dir,
             )
         )
 
@@ -140,7 +171,10 @@ def _openapi(app: FastAPI, proxy_path: str) -> dict:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         schema.setdefault("paths", {}).update({**queue.openapi_paths(), **proxy.openapi_paths(proxy_path)})
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for spec in CATALOG.values():
+        for spec in MODELS.values():
+            if spec.schema is not None:
+                components.update(docs_components(spec.schema.doc, queue.docs_prefix(spec)))
+                continue
             model_schema = spec.input_model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[spec.input_model.__name__] = model_schema

@@ -6,6 +6,7 @@ Names are `FALGATE_*` except `FAL_KEY`, which keeps fal's own name so existing d
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from typing import Annotated, Literal
@@ -18,6 +19,7 @@ FAL_QUEUE_URL = "https://queue.fal.run"
 FAL_RUN_URL = "https://fal.run"
 FAL_REST_URL = "https://rest.fal.ai"
 FAL_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+FAL_API_URL = "https://api.fal.ai"
 
 EMULATOR_MOUNT = "/_emulator"
 MB = 1024 * 1024
@@ -49,6 +51,7 @@ class Settings(BaseSettings):
     fal_run_url: str = FAL_RUN_URL
     fal_rest_url: str = FAL_REST_URL
     fal_jwks_url: str = FAL_JWKS_URL
+    fal_api_url: str = FAL_API_URL  # fal's model API (/v1/models, /v1/models/pricing)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -69,6 +72,13 @@ class Settings(BaseSettings):
     allow_private_file_urls: bool = False
     allow_token_minting: bool = False
     prices: str | None = None  # JSON {"model slug": USD per billing unit}, merged over app.catalog.billing.DEFAULT_PRICES
+
+    # --- models beyond the nine built in (app/catalog/registry.py) ---
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # endpoint ids, comma-separated
+    model_schema_dir: str | None = None  # pinned fal OpenAPI documents, one per endpoint; they win over fetching
+    model_cache_dir: str | None = None  # fetched documents and prices; unset = "models" beside the SQLite store
+    models_strict: bool = True  # a deprecated or unloadable endpoint refuses start (false: left out, warned)
+    price_rules: str | None = None  # JSON {"endpoint id": rule}: units per body (app/catalog/price_rules.py)
 
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
     upstream_timeout: float = Field(default=30.0, gt=0)
@@ -108,12 +118,30 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     metrics_token: SecretStr | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "models", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("fal_queue_url", "fal_run_url", "fal_rest_url", "fal_jwks_url", "public_url")
+    @field_validator("models")
+    @classmethod
+    def _valid_models(cls, value: list[str]) -> list[str]:
+        for endpoint_id in value:
+            if "*" in endpoint_id:
+                raise ValueError("FALGATE_MODELS is an allowlist: name each endpoint id, '*' is not allowed")
+            if "/" not in endpoint_id or "//" in endpoint_id or endpoint_id.startswith("/") or " " in endpoint_id:
+                raise ValueError(f"FALGATE_MODELS: {endpoint_id!r} is not a fal endpoint id like owner/app/path")
+        return list(dict.fromkeys(value))
+
+    @field_validator("price_rules")
+    @classmethod
+    def _valid_price_rules(cls, value: str | None) -> str | None:
+        from app.catalog.price_rules import parse_price_rules
+
+        parse_price_rules(value)
+        return value
+
+    @field_validator("fal_queue_url", "fal_run_url", "fal_rest_url", "fal_jwks_url", "fal_api_url", "public_url")
     @classmethod
     def _valid_url(cls, value: str | None, info) -> str | None:
         return None if value is None else _check_base_url(value, "FALGATE_" + info.field_name.upper())
@@ -208,6 +236,16 @@ class Settings(BaseSettings):
     @property
     def trusted_proxies_csv(self) -> str:
         return ",".join(self.trusted_proxies)
+
+    @property
+    def models_cache_path(self) -> str:
+        """FALGATE_MODEL_CACHE_DIR, or a "models" folder beside the SQLite store (the working directory for Redis)."""
+        if self.model_cache_dir:
+            return self.model_cache_dir
+        if self.store_url.startswith("sqlite:///"):
+            store = self.store_url.removeprefix("sqlite:///")
+            return os.path.join(os.path.dirname(store) or ".", "models")
+        return "models"
 
     @property
     def emulated(self) -> bool:

@@ -159,7 +159,8 @@ def _int_field(body: Mapping[str, Any], field: str, default: int) -> int:
 
 
 def parse_price_table(raw: str | None) -> dict[str, float]:
-    """A JSON object {"slug": usd_per_unit, ...} merged over DEFAULT_PRICES; None/blank gives the defaults."""
+    """A JSON object {"slug" or "endpoint/id": usd_per_unit, ...} merged over DEFAULT_PRICES; None/blank gives
+    the defaults."""
     prices = dict(DEFAULT_PRICES)
     if raw is None or not raw.strip():
         return prices
@@ -170,7 +171,8 @@ def parse_price_table(raw: str | None) -> dict[str, float]:
     if not isinstance(parsed, dict):
         raise ValueError('price table must be a JSON object like {"veo2": 0.5}')
     for slug, price in parsed.items():
-        if slug not in DEFAULT_PRICES:
+        # Configured models (FALGATE_MODELS) are priced by endpoint id, which always has a slash.
+        if slug not in DEFAULT_PRICES and "/" not in slug:
             raise ValueError(f"price table: unknown model slug {slug!r}; known: {', '.join(DEFAULT_PRICES)}")
         if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price):
             raise ValueError(f"price table: price of {slug!r} must be a number")

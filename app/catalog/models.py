@@ -21,6 +21,7 @@ from app.catalog.billing import (
     PriceTable,
     ThresholdFactor,
 )
+from app.catalog.schema_documents import input_json_schema
 from app.catalog.spec import ModelSpec, ValidationLimits, app_id_of
 
 __all__ = ["APP_IDS", "CATALOG", "catalog_entry"]
@@ -131,13 +132,16 @@ def catalog_entry(
     spec: ModelSpec, prices: PriceTable = DEFAULT_PRICES, limits: ValidationLimits | None = None
 ) -> dict[str, Any]:
     """JSON for GET /v1/models. `limits`, when given, puts the configured prompt length into the schema."""
-    schema = copy.deepcopy(_input_schema(spec.input_model))  # callers may mutate their copy
+    if spec.schema is not None:
+        schema = input_json_schema(spec.schema.doc)
+    else:
+        schema = copy.deepcopy(_input_schema(spec.input_model))  # callers may mutate their copy
     if limits is not None:
         for name in ("prompt", "negative_prompt"):
-            field = schema["properties"].get(name)
+            field = schema.get("properties", {}).get(name)
             if field is not None:
                 field["maxLength"] = limits.max_prompt_length
-    price = prices.get(spec.slug, DEFAULT_PRICES.get(spec.slug))
+    price = prices.get(spec.slug, DEFAULT_PRICES.get(spec.slug, spec.unit_price))
     return {
         "id": spec.model_id,
         "app_id": spec.app_id,
@@ -150,4 +154,6 @@ def catalog_entry(
             "price_per_unit": price,
             "parameters": spec.billing.parameters(),
         },
+        "category": spec.category,
+        "source": spec.source,  # built-in | folder | model-api | cache: where the input schema came from
     }

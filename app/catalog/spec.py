@@ -28,8 +28,14 @@ class ModelSpec:
     app_id: str  # "fal-ai/kling-video": the owner/app part fal uses in per-request queue paths
     slug: str  # short stable name, the key of price tables
     title: str
-    input_model: type[BaseModel]
+    input_model: type[BaseModel] | None  # the nine's pydantic model; None for a model judged by `schema`
     billing: BillingRule
+    # Configured models (FALGATE_MODELS): the compiled input schema from fal's own document, and where it came
+    # from. A SchemaInput (app/catalog/schema_validation.py); typed loosely to keep this the leaf module.
+    schema: Any = None
+    category: str = "image-to-video"
+    source: str = "built-in"  # built-in | folder | cache | model-api
+    unit_price: float | None = None  # USD per billing unit when no price table names the slug
 
 
 def app_id_of(model_id: str) -> str:
@@ -62,5 +68,5 @@ def estimate_cost(spec: ModelSpec, body: Mapping[str, Any], prices: PriceTable) 
     """Estimated USD cost of one request, rounded to 6 decimals. Slugs missing from `prices` use the defaults."""
     price = prices.get(spec.slug)
     if price is None:
-        price = DEFAULT_PRICES[spec.slug]
+        price = DEFAULT_PRICES[spec.slug] if spec.unit_price is None else spec.unit_price
     return round(price * spec.billing.units(body), 6)

@@ -85,7 +85,7 @@ def _open_variant(model: type[BaseModel]) -> type[BaseModel]:
 
 
 def validate_input(spec: ModelSpec, payload: object, limits: ValidationLimits) -> list[dict[str, Any]]:
-    """[] when valid; otherwise fal/pydantic-shaped errors: [{"loc": ["body", ...], "msg", "type"}].
+    """[] when valid (against the pydantic model, or a configured model's schema document); otherwise fal/pydantic-shaped errors: [{"loc": ["body", ...], "msg", "type"}].
 
     Errors never carry the offending value (no "input"/"ctx"/"url"): data URIs can be megabytes
     and prompts may be private.
@@ -94,6 +94,9 @@ def validate_input(spec: ModelSpec, payload: object, limits: ValidationLimits) -
         payload = dict(payload)  # strict-mode models accept only real dicts
     if not isinstance(payload, dict):
         return [dict(_NOT_AN_OBJECT, loc=["body"])]
+    if spec.schema is not None:
+        return spec.schema.validate(payload, limits)
+    assert spec.input_model is not None
     model = _open_variant(spec.input_model) if limits.allow_unknown_fields else spec.input_model
     try:
         model.__pydantic_validator__.validate_python(payload, context=limits)

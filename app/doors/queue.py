@@ -14,7 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from app.catalog.models import APP_IDS, CATALOG
+from app.catalog.registry import APP_IDS, MODELS
+from app.catalog.spec import ModelSpec
 from app.doors.table import PER_REQUEST_ROUTES, SUBMIT_METHOD, DoorMatch, per_request_route, tail_pattern
 from app.errors import NotFound
 from app.pipeline.operations import (
@@ -41,13 +42,21 @@ def _per_request_operation(request: Request, query: Mapping[str, str], found: tu
     return per_request_operation(route.kind, FrontDoor.REST, app_path, request_id, query.get("logs"))
 
 
-_SUBMITS: dict[str, DoorMatch] = {f"/{model_id}": (f"/{model_id}", _submit_operation, (model_id,)) for model_id in CATALOG}
+_SUBMITS: dict[str, DoorMatch] = {}
+
+
+def _submit_match(path: str) -> DoorMatch | None:
+    """A registered model's submit path; configured models register before serving, so build lazily."""
+    found = _SUBMITS.get(path)
+    if found is None and path[1:] in MODELS:
+        found = _SUBMITS[path] = (path, _submit_operation, (path[1:],))
+    return found
 
 
 def match(method: str, path: str) -> DoorMatch | None:
     """The route template, operation factory and path values of a queue request, or None for the routers."""
     if method == SUBMIT_METHOD:
-        return _SUBMITS.get(path)
+        return _submit_match(path)
     found = _PER_REQUEST_PATH.match(path)
     if found is None:
         return None
@@ -55,7 +64,7 @@ def match(method: str, path: str) -> DoorMatch | None:
     route = per_request_route(method, tuple(tail[1:].split("/")) if tail else ())
     app_path = found["app"]
     # An unknown app is not a front-door request: the catch-all answers it (404), or another route does.
-    if route is None or not (app_path in APP_IDS or app_path in CATALOG):
+    if route is None or not (app_path in APP_IDS or app_path in MODELS):
         return None
     return route.template, _per_request_operation, (route, app_path, found["request_id"])
 
@@ -73,13 +82,13 @@ async def unknown_path(path: str, request: Request) -> Response:
 def openapi_paths() -> dict[str, dict[str, Any]]:
     """/docs entries for the mirrored paths: a submit per model with its own schema, and each per-request path."""
     paths: dict[str, dict[str, Any]] = {}
-    for spec in CATALOG.values():
-        body = {"$ref": f"#/components/schemas/{spec.input_model.__name__}"}
+    for spec in MODELS.values():
+        body = {"$ref": f"#/components/schemas/{schema_name(spec)}"}
         paths[f"/{spec.model_id}"] = {
             "post": {
                 "tags": [TAG],
                 "summary": f"Submit to {spec.title}",
-                "operationId": f"submit_{spec.slug.replace('-', '_').replace('.', '_')}",
+                "operationId": f"submit_{spec.slug.replace('-', '_').replace('.', '_').replace('/', '_')}",
                 "parameters": [_query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there.")],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                 "responses": _responses("fal's queue answer: request_id and the URLs to poll"),
@@ -97,6 +106,17 @@ def openapi_paths() -> dict[str, dict[str, Any]]:
             "responses": _responses("fal's answer, relayed"),
         }
     return paths
+
+
+def schema_name(spec: ModelSpec) -> str:
+    """The /docs component name of a model's input: the pydantic class, or the slugged document schema."""
+    if spec.input_model is not None:
+        return spec.input_model.__name__
+    return docs_prefix(spec) + spec.schema.name
+
+
+def docs_prefix(spec: ModelSpec) -> str:
+    return spec.slug.replace("/", "_").replace(".", "_").replace("-", "_") + "__"
 
 
 def _path_param(name: str, description: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from . import control_routes, routes_queue, routes_rest
+from . import control_routes, routes_models, routes_queue, routes_rest
 from .config import EmulatorConfig
 from .middleware import UpstreamGate
 from .runtime import EmulatorRuntime
@@ -41,6 +41,7 @@ def create_emulator_app(config: EmulatorConfig) -> FastAPI:
     app.include_router(control_routes.router)
     app.include_router(routes_queue.router)
     app.include_router(routes_rest.router)
+    app.include_router(routes_models.router)
     app.add_middleware(UpstreamGate, runtime=runtime)
     # Added last so it is outermost: preflights are answered before the key check, as fal's hosts
     # (and its CDN, which browsers PUT uploads to directly) allow any origin.

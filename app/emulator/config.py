@@ -32,6 +32,8 @@ class EmulatorConfig:
     user_id: str = "emulator-user-00000000"
     upload_token_seconds: float = 3600.0
     max_upload_bytes: int = 100 * 1024 * 1024
+    # More fal OpenAPI documents for the model API (/api/v1/models), beside app/emulator/schemas.
+    schema_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, announce: bool = True) -> EmulatorConfig:
@@ -56,6 +58,7 @@ class EmulatorConfig:
             webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", defaults.webhook_timeout),
             keepalive_seconds=_float(env, "KEEPALIVE_SECONDS", defaults.keepalive_seconds),
             job_ttl_seconds=_float(env, "JOB_TTL_SECONDS", defaults.job_ttl_seconds),
+            schema_dir=env.get(ENV_PREFIX + "SCHEMA_DIR") or None,
         )
 
 

@@ -29,6 +29,7 @@ QUEUE_SHARE = 0.25
 SWEEP_INTERVAL = 60.0
 
 SAMPLE_VIDEO_PATH = "/files/sample.mp4"
+SAMPLE_IMAGE_PATH = "/files/sample.png"
 
 
 def app_id_of(model_id: str) -> str | None:
@@ -53,6 +54,7 @@ class Job:
     base_url: str
     webhook_url: str | None = None
     video_size: int = 0
+    image: bool = False  # an image category (text-to-image, ...): the result is an image, not a video
     status: str = IN_QUEUE
     queue_position: int = FIRST_QUEUE_POSITION
     logs: list[dict[str, str]] = field(default_factory=list)
@@ -115,6 +117,11 @@ class Job:
         if self.outcome == FAILED_VALIDATION:
             detail = [{"loc": ["body", "prompt"], "msg": "Injected validation failure", "type": "value_error"}]
             return 422, {"detail": detail}
+        if self.image:
+            return 200, {
+                "images": [{"url": self.base_url + SAMPLE_IMAGE_PATH, "content_type": "image/png", "width": 64, "height": 36}],
+                "seed": self._seed(),
+            }
         return 200, {
             "video": {
                 "url": self.base_url + SAMPLE_VIDEO_PATH,

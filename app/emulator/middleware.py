@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from .runtime import EmulatorRuntime
 
-UPSTREAM_PREFIXES = ("/queue", "/run", "/rest")
+UPSTREAM_PREFIXES = ("/queue", "/run", "/rest", "/api")  # /api: fal's model API (routes_models.py)
 PUBLIC_PATHS = ("/rest/.well-known/jwks.json",)
 
 log = logging.getLogger("falgate.emulator")

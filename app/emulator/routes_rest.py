@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from .runtime import SAMPLE_VIDEO
+from .runtime import SAMPLE_IMAGE, SAMPLE_VIDEO
 from .storage import UploadRejected
 from .web import public_base, read_json_object, runtime_of
 
@@ -72,6 +72,11 @@ async def upload_put(token: str, request: Request) -> Response:
 
 
 # Range requests (so a <video> can seek) come from FileResponse.
+@router.api_route("/files/sample.png", methods=["GET", "HEAD"])
+async def sample_image() -> Response:
+    return FileResponse(SAMPLE_IMAGE, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+
 @router.api_route("/files/sample.mp4", methods=["GET", "HEAD"])
 async def sample_video() -> Response:
     return FileResponse(SAMPLE_VIDEO, media_type="video/mp4", headers={"Cache-Control": "public, max-age=3600"})

@@ -20,11 +20,13 @@ import httpx
 from .config import EmulatorConfig
 from .control import ControlState
 from .jobs import Job, JobStore, run_job
+from .model_catalog import category_of, makes_image
 from .signing import WebhookSigner
 from .storage import FileStore
 from .webhooks import deliver_webhook
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent / "assets" / "sample.mp4"
+SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # 64x36, for image categories
 
 log = logging.getLogger("falgate.emulator")
 
@@ -85,6 +87,7 @@ class EmulatorRuntime:
             base_url=base_url,
             webhook_url=webhook_url,
             video_size=self.video_size,
+            image=makes_image(category_of(model_id, self.config.schema_dir)),
         )
         self.jobs.add(job)
         self.spawn(run_job(job, self.config.job_seconds, self._on_finish))

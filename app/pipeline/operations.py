@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from app.catalog.models import APP_IDS, CATALOG
+from app.catalog.registry import APP_IDS, MODELS
 from app.catalog.spec import ModelSpec, app_id_of
 from app.errors import BadRequest, NotFound
 
@@ -58,11 +58,11 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 def supported_models_error(what: str) -> NotFound:
-    return NotFound(f"Unknown model {what!r}", supported_models=list(CATALOG))
+    return NotFound(f"Unknown model {what!r}", supported_models=list(MODELS))
 
 
 def require_model(model_id: str) -> ModelSpec:
-    spec = CATALOG.get(model_id)
+    spec = MODELS.get(model_id)
     if spec is None:
         raise supported_models_error(model_id)
     return spec
@@ -71,7 +71,7 @@ def require_model(model_id: str) -> ModelSpec:
 def resolve_app_id(path: str) -> str:
     """The owner/app of a per-request path, which fal allows to be the app id or a full model id."""
     app_id = app_id_of(path)
-    if app_id not in APP_IDS or (path != app_id and path not in CATALOG):
+    if app_id not in APP_IDS or (path != app_id and path not in MODELS):
         raise supported_models_error(path)
     return app_id
 

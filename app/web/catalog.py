@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.catalog.models import CATALOG, catalog_entry
+from app.catalog.models import catalog_entry
+from app.catalog.registry import MODELS
 from app.gateway import GatewayDep, ReadCallerDep
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -12,4 +13,4 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 
 @router.get("/models", summary="The models this gateway serves")
 async def list_models(caller: ReadCallerDep, gateway: GatewayDep) -> dict:
-    return {"models": [catalog_entry(spec, gateway.prices) for spec in CATALOG.values()]}
+    return {"models": [catalog_entry(spec, gateway.prices) for spec in MODELS.values()]}

@@ -99,18 +99,42 @@ function currentModel() {
   return state.models.find((m) => m.id === $("model").value);
 }
 
-// Pydantic writes optional fields as anyOf [{type: X}, {type: "null"}]: use the non-null branch.
-function flatten(prop) {
+// A `$ref` into the schema's `$defs` (fal's documents and pydantic both use them), resolved in place.
+function resolve(prop, defs) {
+  for (let i = 0; prop && prop.$ref && i < 16; i++) {
+    const { $ref, ...rest } = prop;
+    prop = { ...(defs[$ref.split("/").pop()] || {}), ...rest };
+  }
+  return prop || {};
+}
+
+// Optional fields are anyOf [{type: X}, {type: "null"}]: use the non-null branch. A union of an object and
+// an enum of presets (fal's camera controls) becomes a JSON field, where either can be typed.
+function flatten(prop, defs = {}) {
+  prop = resolve(prop, defs);
+  if (prop.allOf && prop.allOf.length === 1) {
+    const { allOf, ...rest } = prop;
+    prop = { ...resolve(allOf[0], defs), ...rest };
+  }
   if (!prop.anyOf) return prop;
-  const branch = prop.anyOf.find((p) => p.type !== "null") || {};
+  const branches = prop.anyOf.map((p) => resolve(p, defs)).filter((p) => p.type !== "null");
   const { anyOf, ...rest } = prop;
-  return { ...branch, ...rest };
+  if (branches.length > 1) return { ...rest, type: "object", union: true };
+  return { ...(branches[0] || {}), ...rest };
+}
+
+// fal's documents give the form order in x-fal-order-properties; the rest follow in schema order.
+function orderedProperties(schema) {
+  const props = schema.properties || {};
+  const order = (schema["x-fal-order-properties"] || []).filter((name) => name in props);
+  return [...order, ...Object.keys(props).filter((name) => !order.includes(name))].map((name) => [name, props[name]]);
 }
 
 function kindOf(name, prop) {
   if (name.endsWith("image_url")) return "image";
   if (prop.enum) return "enum";
   if (prop.type === "boolean") return "bool";
+  if (prop.type === "object" || prop.type === "array") return "json"; // nested objects and arrays: typed as JSON
   if (prop.type === "integer" || prop.type === "number") return "number";
   if (LONG_TEXT.has(name) || (prop.maxLength || 0) > 300) return "textarea";
   return "text";
@@ -125,8 +149,8 @@ function renderForm() {
   const schema = model.input_schema;
   const required = new Set(schema.required || []);
   state.fields = new Map();
-  const rows = Object.entries(schema.properties || {}).map(([name, raw]) => {
-    const field = buildField(name, flatten(raw), required.has(name));
+  const rows = orderedProperties(schema).map(([name, raw]) => {
+    const field = buildField(name, flatten(raw, schema.$defs || {}), required.has(name));
     if (kept[name]) field.control.value = kept[name];
     state.fields.set(name, field);
     return field.row;
@@ -186,6 +210,24 @@ function buildField(name, prop, required) {
     });
     notes.push(rangeNote(prop.minimum, prop.maximum));
     read = () => (control.value === "" ? undefined : Number(control.value));
+  } else if (kind === "json") {
+    const example = "default" in prop ? prop.default : (prop.examples || [])[0];
+    control = el("textarea", {
+      ...common,
+      rows: 3,
+      spellcheck: "false",
+      placeholder: example !== undefined ? JSON.stringify(example) : prop.type === "array" ? "[ … ]" : "{ … }",
+    });
+    notes.push("JSON");
+    // A value that is not JSON stops the submit with a message on this field, rather than sending a string.
+    read = () => {
+      if (control.value.trim() === "") return undefined;
+      try {
+        return JSON.parse(control.value);
+      } catch {
+        throw new FieldError(name, "Not valid JSON");
+      }
+    };
   } else {
     const tag = kind === "textarea" ? "textarea" : "input";
     const stringDefault = typeof prop.default === "string" ? prop.default : "";
@@ -207,12 +249,19 @@ function buildField(name, prop, required) {
 
   const mark = required ? el("span", { class: "required", title: "required", text: " *" }) : null;
   const label = el("label", { for: id, text: prop.title || name }, mark);
-  const wide = kind === "image" || kind === "textarea";
+  const wide = kind === "image" || kind === "textarea" || kind === "json";
   const attrs = { class: wide ? "field wide" : "field", "data-field": name, "data-kind": kind };
   const row = el("div", attrs, label, extra, control, hint, errorEl);
   // A corrected value clears its stale message (browser's or gateway's) right away.
   control.addEventListener("input", () => setFieldError(state.fields.get(name), ""));
   return { name, kind, control, row, errorEl, read };
+}
+
+class FieldError extends Error {
+  constructor(name, message) {
+    super(message);
+    this.field = name;
+  }
 }
 
 function rangeNote(min, max) {
@@ -329,7 +378,15 @@ async function submit(event) {
 
   const body = {};
   for (const field of state.fields.values()) {
-    const value = field.read();
+    let value;
+    try {
+      value = field.read();
+    } catch (error) {
+      if (!(error instanceof FieldError)) throw error;
+      setFieldError(field, error.message);
+      field.control.focus();
+      return;
+    }
     if (value !== undefined) body[field.name] = value; // only what the user set: fal applies its defaults
   }
   $("submit").disabled = true;
