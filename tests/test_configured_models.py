@@ -268,6 +268,8 @@ def test_emulator_model_api_paginates_and_expands(model_api: Server) -> None:
 def test_models_sync_and_list(model_api: Server, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FALGATE_", "FAL_"))}
     env.update({"PYTHONPATH": str(ROOT), "FAL_KEY": CANARY_FAL_KEY, "FALGATE_ALLOW_ANONYMOUS": "true",
+                # The commands read the same validated settings as `falgate serve` (one configuration).
+                "FALGATE_PUBLIC_URL": "https://falgate.example.com",
                 "FALGATE_MODELS": f"{KLING},{VEO}", "FALGATE_MODEL_CACHE_DIR": str(tmp_path / "cache"), **_api(model_api)})
     pinned = tmp_path / "pinned"
     sync = subprocess.run([sys.executable, "-m", "app.cli", "models", "sync", "--dir", str(pinned)], env=env,
