@@ -13,9 +13,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from app.relay.client_webhooks import new_secret
 from tests.faults.emulator_controls import FalControls
+from tests.faults.private_redis import PrivateRedis
 from tests.faults.tally import Tally
 from tests.relay_helpers import (
     KLING,
@@ -136,4 +138,38 @@ def test_the_poller_retries_a_transient_result_error_instead_of_failing(
             assert usage["spent"] == spent
             assert len([r for r in fal.requests(rid) if r["path"].endswith(rid)]) >= 4, "the fetch was retried"
     finally:
+        gateway.stop()
+
+
+def test_a_completion_that_failed_halfway_is_finished_by_fals_retry(
+    emulator: Server, fal: FalControls, receiver: Receiver, tally: Tally, private_redis: PrivateRedis
+) -> None:
+    """The store refuses the client-webhook queue (after the record turned terminal); fal's retry queues it."""
+    keys = caller_keys("kit")
+    gateway = start_gateway(
+        emulator, FALGATE_STORE_URL=private_redis.url, **auth_env(keys), **webhook_env(new_secret())
+    )
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        with httpx.Client(base_url=gateway.url, headers=bearer(keys["kit"]), timeout=30) as kit:
+            fal.webhook_rule("withhold")
+            rid = submit(kit, fal_webhook=receiver.hook_url)
+            fal.wait_finished(rid)
+            # Deliveries' keys (falgate:dlv*) become off limits: everything before the queueing works.
+            admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~falgate:[^d]*", "~falgate:done*")
+            fal.send_webhook(rid)  # fails on the queueing step (and so do the emulator's quick retries)
+            assert request_state(kit, rid) == "COMPLETED", "the record turned terminal before the failure"
+            admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
+            assert fal.send_webhook(rid)  # fal's later retry of the same webhook
+            receiver.wait_for(1, timeout=10)
+            time.sleep(0.5)
+            bodies = _bodies(receiver)
+            tally.record(
+                "duplicated webhooks",
+                results_lost=int(not bodies),
+                double_deliveries=max(0, len(bodies) - 1),
+            )
+            assert len(bodies) == 1 and bodies[0]["status"] == "OK"
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
         gateway.stop()
