@@ -24,6 +24,7 @@ from app.fal.upstream import UpstreamClient
 from app.ops.metrics import Metrics
 from app.relay.bus import EventBus, open_bus
 from app.relay.completions import Completions
+from app.relay.fal_account import FalAccount
 from app.relay.leases import Leases, open_leases
 from app.relay.outbox import Outbox
 from app.relay.poller import Poller
@@ -54,6 +55,7 @@ class Gateway:
     idempotency: Idempotency
     metrics: Metrics
     completions: Completions
+    fal_account: FalAccount
     watchers: Watchers
     outbox: Outbox
     poller: Poller
@@ -123,6 +125,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         idempotency=Idempotency(store, settings.idempotency_ttl_seconds, pending_ttl=settings.upstream_timeout + 30),
         metrics=metrics,
         completions=completions,
+        fal_account=FalAccount(settings.fal_user_id),
         watchers=Watchers(store, upstream, leases, ledger, completions, metrics),
         outbox=outbox,
         poller=Poller(

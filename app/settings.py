@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     fal_run_url: str = FAL_RUN_URL
     fal_rest_url: str = FAL_REST_URL
     fal_jwks_url: str = FAL_JWKS_URL
+    # The fal account (X-Fal-Webhook-User-Id) whose webhooks count; unset: learned from the first verified
+    # webhook of a request this gateway submitted.
+    fal_user_id: str | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
