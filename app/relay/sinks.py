@@ -83,25 +83,34 @@ async def _sse(
 
 
 async def until_stopped(source: AsyncIterator[Event], stop: anyio.Event) -> AsyncIterator[Event | None]:
-    """Items of `source` until it ends, or one None as soon as `stop` is set (then `source` is closed)."""
+    """Items of `source` until it ends, or one None as soon as `stop` is set (then `source` is closed).
+
+    However it ends (the client went away and the response task was cancelled, included), the pending
+    read is cancelled first, so `source` can then be closed: its subscription and keeper go with it.
+    """
     stopping = asyncio.ensure_future(stop.wait())
+    upcoming: asyncio.Future[Event] | None = None
     try:
         while True:
             upcoming = asyncio.ensure_future(anext(source))
             await asyncio.wait({upcoming, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if upcoming.done():
                 try:
-                    yield upcoming.result()
+                    item = upcoming.result()
                 except StopAsyncIteration:
                     return
+                upcoming = None
+                yield item
                 continue
-            upcoming.cancel()
-            with contextlib.suppress(BaseException):
-                await upcoming
             yield None
             return
     finally:
         stopping.cancel()
+        if upcoming is not None and not upcoming.done():
+            upcoming.cancel()
+            # A cancelled read ends `source` (the CancelledError runs its finally); wait for that.
+            with contextlib.suppress(BaseException):
+                await upcoming
         with contextlib.suppress(BaseException):
             await source.aclose()  # type: ignore[attr-defined]
 
