@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     webhook_grace_seconds: float = Field(default=60.0, ge=0)  # after this, the poller asks fal about quiet requests
     poll_interval_seconds: float = Field(default=15.0, gt=0)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    ws_max_sockets_per_caller: int = Field(default=20, ge=1)  # open WebSockets per caller, per replica
+    ws_max_subscriptions: int = Field(default=100, ge=1)  # requests one WebSocket may follow at once
     metrics_token: SecretStr | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
