@@ -126,7 +126,9 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         metrics=metrics,
         completions=completions,
         fal_account=FalAccount(settings.fal_user_id),
-        watchers=Watchers(store, upstream, leases, ledger, completions, metrics),
+        watchers=Watchers(
+            store, upstream, leases, ledger, completions, metrics, lease_seconds=settings.watcher_lease_seconds
+        ),
         outbox=outbox,
         poller=Poller(
             store,

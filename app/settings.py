@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     webhook_retry_scale: float = Field(default=1.0, gt=0)  # multiplies the >= 24 h retry schedule (tests shrink it)
     webhook_grace_seconds: float = Field(default=60.0, ge=0)  # after this, the poller asks fal about quiet requests
     poll_interval_seconds: float = Field(default=15.0, gt=0)
+    # How long a replica's claim to watch one request's fal status stream lasts; renewed every third of it.
+    watcher_lease_seconds: float = Field(default=30.0, gt=0)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     ws_max_sockets_per_caller: int = Field(default=20, ge=1)  # open WebSockets per caller, per replica
     ws_max_subscriptions: int = Field(default=100, ge=1)  # requests one WebSocket may follow at once

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,9 @@ import pytest
 import websockets
 
 from tests.faults.emulator_controls import FalControls
+from tests.faults.private_redis import PrivateRedis
 from tests.faults.tally import Tally
-from tests.relay_helpers import KLING, KLING_BODY, auth_env, bearer, caller_keys
+from tests.relay_helpers import KLING, KLING_BODY, auth_env, bearer, caller_keys, read_sse
 from tests.servers import Server, start_emulator, start_gateway
 
 _REENSURE = 10.0  # app.relay.readers re-asks for a watcher this often while someone reads
@@ -92,3 +94,29 @@ def test_a_disconnect_storm_releases_readers_and_upstream_streams(emulator: Serv
             assert all(s == 200 for s in statuses)
     finally:
         gateway.stop()
+
+
+def test_a_quiet_job_keeps_one_upstream_stream_across_replicas(
+    emulator: Server, tally: Tally, private_redis: PrivateRedis
+) -> None:
+    """No fal event for longer than the watcher's lease: the lease is renewed anyway, so the second
+    replica's reader rides the first one's stream instead of opening its own."""
+    keys = caller_keys("pat")
+    env = {"FALGATE_STORE_URL": private_redis.url, "FALGATE_WATCHER_LEASE_SECONDS": "1", **auth_env(keys)}
+    first, second = start_gateway(emulator, **env), start_gateway(emulator, **env)
+    fal = FalControls(emulator)
+    try:
+        with httpx.Client(base_url=first.url, headers=bearer(keys["pat"]), timeout=30) as pat:
+            [rid] = _quiet_jobs(pat, 1)
+        with ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(read_sse, first.url, f"/v1/requests/{rid}/events", headers=bearer(keys["pat"]),
+                                  deadline=5.0)
+            time.sleep(3.0)  # three leases long, and the job says nothing (its queue steps are 10 s apart)
+            late = read_sse(second.url, f"/v1/requests/{rid}/events", headers=bearer(keys["pat"]), deadline=1.5)
+            early = reading.result()
+        streams = len(fal.requests(f"{rid}/status/stream"))
+        tally.record("disconnect storms", undocumented_5xx=tally.undocumented_5xx([early.status, late.status]))
+        assert streams == 1, f"{streams} upstream status streams for one quiet job"
+    finally:
+        first.stop()
+        second.stop()
