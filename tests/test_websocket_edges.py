@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 
@@ -92,3 +94,29 @@ def test_a_refused_handshake_is_not_an_error_level_line(gateway: Server) -> None
     time.sleep(0.3)
     errors = [line for line in gateway.output.splitlines() if '"level": "error"' in line]
     assert errors == [], errors
+
+
+def test_sigterm_tells_open_sockets_to_reconnect(emulator: Server) -> None:
+    """Sockets are told of the shutdown (one shared watcher, no per-socket polling) and closed with 1012."""
+    keys = caller_keys("ray")
+    server = start_gateway(emulator, FALGATE_SHUTDOWN_GRACE_SECONDS="5", **auth_env(keys))
+    try:
+        async def scenario() -> tuple[list[dict], int | None]:
+            sockets = [await websockets.connect(_ws_url(server), additional_headers=bearer(keys["ray"])) for _ in range(3)]
+            for ws in sockets:
+                await ws.send('{"type":"ping"}')
+                assert json.loads(await ws.recv()) == {"type": "pong"}
+            server.proc.send_signal(signal.SIGTERM)
+            told = []
+            for ws in sockets:
+                # Our "reconnect" message, unless uvicorn's own 1012 close got there first.
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    told.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=5)))
+                await asyncio.wait_for(ws.wait_closed(), timeout=5)
+            return told, [ws.close_code for ws in sockets]
+
+        told, codes = asyncio.run(scenario())
+        assert all(m["type"] == "reconnect" for m in told), told
+        assert codes == [1012] * 3
+    finally:
+        server.stop()

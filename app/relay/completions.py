@@ -146,15 +146,14 @@ class Completions:
 def is_definitive_result(status_code: int, content: bytes) -> bool:
     """A 200 result, or fal telling us for certain the job failed; not an outage, a limit or "not yet".
 
-    A 5xx counts only when it carries fal's own `error_type` (a model crash), since a proxy's or fal's
-    overloaded front end answers 5xx without one.
+    A failure counts when it is fal's validation error (422) or carries fal's own `error_type` (a model
+    crash). A bare 5xx is a proxy's or an overloaded front end's, and a 401/403 is about our key, not
+    the job: both are left for the webhook or the next poll.
     """
-    if status_code == 200:
+    if status_code in (200, 422):
         return True
     if status_code in _TRANSIENT_STATUSES:
         return False
-    if status_code == 422 or 400 <= status_code < 500:
-        return True
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
