@@ -173,3 +173,45 @@ def test_a_completion_that_failed_halfway_is_finished_by_fals_retry(
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "~*")
         gateway.stop()
+
+
+def test_transient_errors_on_status_and_stream_calls_lose_nothing(
+    emulator: Server, fal: FalControls, receiver: Receiver, tally: Tally
+) -> None:
+    """fal's status polls and status streams fail for a while (503, dropped); the webhook never comes:
+    the poller and the watcher keep trying, and the result reaches every sink once, unrefunded."""
+    keys = caller_keys("uma")
+    gateway = start_gateway(
+        emulator,
+        FALGATE_BUDGET_PER_DAY="10",
+        FALGATE_WEBHOOK_GRACE_SECONDS="0",
+        FALGATE_POLL_INTERVAL_SECONDS="0.3",
+        **auth_env(keys),
+        **webhook_env(new_secret()),
+    )
+    try:
+        with httpx.Client(base_url=gateway.url, headers=bearer(keys["uma"]), timeout=30) as uma:
+            fal.webhook_rule("withhold")
+            fal.fail(status=503, times=4, path_endswith="/status", method="GET")
+            fal.fail(drop=True, times=2, path_endswith="/status", method="GET")
+            fal.fail(status=503, times=2, path_contains="/status/stream")
+            rid = submit(uma, fal_webhook=receiver.hook_url)
+            spent = uma.get("/v1/usage").json()["spent"]
+            read = read_sse(gateway.url, f"/v1/requests/{rid}/events", headers=bearer(keys["uma"]), deadline=15)
+            receiver.wait_for(1, timeout=10)
+            wait_state(uma, rid, "COMPLETED", timeout=5)
+            time.sleep(0.5)
+            usage = uma.get("/v1/usage").json()
+            bodies = _bodies(receiver)
+            tally.record(
+                "transient fal errors",
+                results_lost=int(read.kinds[-1:] != ["completed"]) + int(not bodies or bodies[0]["status"] != "OK"),
+                double_deliveries=max(0, len(bodies) - 1) + max(0, read.kinds.count("completed") - 1),
+                wrong_refunds=int(usage["spent"] != spent),
+                undocumented_5xx=tally.undocumented_5xx([read.status]),
+            )
+            assert read.kinds[-1:] == ["completed"] and "error" not in read.kinds, read.kinds
+            assert len(bodies) == 1 and bodies[0]["status"] == "OK"
+            assert usage["spent"] == spent and usage["inflight"] == 0
+    finally:
+        gateway.stop()
