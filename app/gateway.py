@@ -27,6 +27,7 @@ from app.ops.metrics import Metrics
 from app.pipeline.shielded import ShieldedCalls
 from app.relay.bus import EventBus, open_bus
 from app.relay.completions import Completions
+from app.relay.fal_account import FalAccount
 from app.relay.leases import Leases, open_leases
 from app.relay.outbox import Outbox
 from app.relay.poller import Poller
@@ -57,6 +58,7 @@ class Gateway:
     idempotency: Idempotency
     metrics: Metrics
     completions: Completions
+    fal_account: FalAccount
     watchers: Watchers
     outbox: Outbox
     poller: Poller
@@ -134,7 +136,10 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         idempotency=Idempotency(store, settings.idempotency_ttl_seconds, pending_ttl=settings.upstream_timeout + 30),
         metrics=metrics,
         completions=completions,
-        watchers=Watchers(store, upstream, leases, ledger, completions, metrics),
+        fal_account=FalAccount(settings.fal_user_id),
+        watchers=Watchers(
+            store, upstream, leases, ledger, completions, metrics, lease_seconds=settings.watcher_lease_seconds
+        ),
         outbox=outbox,
         poller=Poller(
             store,

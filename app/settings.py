@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     fal_rest_url: str = FAL_REST_URL
     fal_jwks_url: str = FAL_JWKS_URL
     fal_api_url: str = FAL_API_URL  # fal's model API (/v1/models, /v1/models/pricing)
+    # The fal account (X-Fal-Webhook-User-Id) whose webhooks count; unset: learned from the first verified
+    # webhook of a request this gateway submitted.
+    fal_user_id: str | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -115,7 +118,11 @@ class Settings(BaseSettings):
     webhook_retry_scale: float = Field(default=1.0, gt=0)  # multiplies the >= 24 h retry schedule (tests shrink it)
     webhook_grace_seconds: float = Field(default=60.0, ge=0)  # after this, the poller asks fal about quiet requests
     poll_interval_seconds: float = Field(default=15.0, gt=0)
+    # How long a replica's claim to watch one request's fal status stream lasts; renewed every third of it.
+    watcher_lease_seconds: float = Field(default=30.0, gt=0)
     sse_ping_seconds: float = Field(default=15.0, gt=0)
+    ws_max_sockets_per_caller: int = Field(default=20, ge=1)  # open WebSockets per caller, per replica
+    ws_max_subscriptions: int = Field(default=100, ge=1)  # requests one WebSocket may follow at once
     metrics_token: SecretStr | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
 
     @field_validator("cors_origins", "trusted_proxies", "models", mode="before")

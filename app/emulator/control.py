@@ -1,10 +1,11 @@
 """What the test-only control surface (app/emulator/control_routes.py) sets and reads: the request log,
-injected faults, webhook attempts."""
+injected faults, webhook rules (withhold, duplicate, send early), webhook attempts."""
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -18,8 +19,37 @@ class FaultSpec(BaseModel):
     delay: float = Field(default=0.0, ge=0.0)
     times: int = Field(default=1, ge=1)
     path_contains: str = ""
+    path_endswith: str = ""  # e.g. the request id: its result fetch, not its status
     method: str | None = None
     drop: bool = False
+
+
+class WebhookAction(StrEnum):
+    WITHHOLD = "withhold"  # never send it (fal could not reach us)
+    DUPLICATE = "duplicate"  # send it, then send it again (fal's at-least-once delivery)
+    EARLY = "early"  # send it at submit, before the job has finished or the submit was answered
+
+
+class WebhookRuleSpec(BaseModel):
+    """`times` webhooks (of `request_id`, or of any request) get `action` instead of the normal delivery."""
+
+    action: WebhookAction
+    request_id: str | None = None
+    times: int = Field(default=1, ge=1)
+    copies: int = Field(default=2, ge=2, le=20)  # DUPLICATE: how many times it is sent in all
+
+
+@dataclass
+class WebhookRule:
+    action: WebhookAction
+    request_id: str | None
+    times: int
+    copies: int
+
+    def matches(self, request_id: str, actions: frozenset[WebhookAction]) -> bool:
+        if self.times <= 0 or self.action not in actions:
+            return False
+        return self.request_id is None or self.request_id == request_id
 
 
 @dataclass
@@ -28,11 +58,12 @@ class Fault:
     delay: float
     times: int
     path_contains: str
+    path_endswith: str
     method: str | None
     drop: bool
 
     def matches(self, method: str, path: str) -> bool:
-        if self.times <= 0 or self.path_contains not in path:
+        if self.times <= 0 or self.path_contains not in path or not path.endswith(self.path_endswith):
             return False
         return self.method is None or self.method.upper() == method.upper()
 
@@ -44,6 +75,7 @@ class ControlState:
         self.requests: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self.faults: list[Fault] = []
         self.webhooks: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
+        self.webhook_rules: list[WebhookRule] = []
 
     def record_request(self, method: str, path: str, query: str, headers: list[tuple[bytes, bytes]], body_size: int) -> None:
         named: dict[str, str] = {}
@@ -67,3 +99,10 @@ class ControlState:
         self.webhooks.append(
             {"url": url, "request_id": request_id, "attempt": attempt, "status_code": status_code, "error": error}
         )
+
+    def take_webhook_rule(self, request_id: str, *actions: WebhookAction) -> WebhookRule | None:
+        for rule in self.webhook_rules:
+            if rule.matches(request_id, frozenset(actions)):
+                rule.times -= 1
+                return rule
+        return None

@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 
 from .config import EmulatorConfig
-from .control import ControlState
+from .control import ControlState, WebhookAction
 from .jobs import Job, JobStore, run_job
 from .model_catalog import category_of, makes_image
 from .signing import WebhookSigner
 from .storage import FileStore
-from .webhooks import deliver_webhook
+from .webhooks import deliver_webhook, dispatch_webhook, early_webhook_body
 
 SAMPLE_VIDEO = Path(__file__).resolve().parent / "assets" / "sample.mp4"
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.png"  # 64x36, for image categories
@@ -90,9 +90,17 @@ class EmulatorRuntime:
             image=makes_image(category_of(model_id, self.config.schema_dir)),
         )
         self.jobs.add(job)
-        self.spawn(run_job(job, self.config.job_seconds, self._on_finish))
+        on_finish = self._on_finish
+        if webhook_url and self.control.take_webhook_rule(job.request_id, WebhookAction.EARLY) is not None:
+            # Sent now, while the submit is still being answered; the finish then sends nothing.
+            self.spawn(deliver_webhook(self.client, self.signer, self.config, self.control, job, early_webhook_body(job)))
+            on_finish = _no_webhook
+        self.spawn(run_job(job, self.config.job_seconds, on_finish))
         return job
 
     async def _on_finish(self, job: Job) -> None:
-        if job.webhook_url:
-            await deliver_webhook(self.client, self.signer, self.config, self.control, job)
+        await dispatch_webhook(self.client, self.signer, self.config, self.control, job)
+
+
+async def _no_webhook(job: Job) -> None:
+    return None

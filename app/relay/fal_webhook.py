@@ -1,8 +1,11 @@
 """`POST /v1/fal/webhook`: fal's completion webhooks, verified, recorded durably, then fanned out.
 
 No caller authentication here (fal is the caller): the Ed25519 signature is the proof. A bad or stale
-delivery is refused with 401 and changes nothing; a duplicate is acknowledged and changes nothing; a
-valid one is stored before we answer 200, so an acknowledged webhook is never lost.
+delivery is refused with 401 and changes nothing; so is one from another fal account (see
+`app.relay.fal_account`). A valid one is stored before we answer 200, so an acknowledged webhook is never
+lost; a duplicate is acknowledged (and finishes applying the stored completion, if that failed before).
+One for a request we have no record of (not submitted here, or its submit answer not recorded yet) is
+answered 503: nothing is kept, and fal retries it, by when the submit is recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +44,15 @@ async def fal_webhook(request: Request, gateway: GatewayDep) -> dict:
     if not isinstance(data, dict) or data.get("request_id") not in (None, delivery.request_id):
         gateway.metrics.webhook_verifications.labels(outcome="bad_body").inc()
         raise BadRequest("Webhook body does not match its signed request id")
+    if not gateway.fal_account.admits(delivery.user_id):
+        gateway.metrics.webhook_verifications.labels(outcome="foreign_account").inc()
+        log.warning("fal webhook from another fal account", extra={"fields": {"request_id": delivery.request_id}})
+        raise Unauthorized("Webhook from another fal account", reason="foreign_account")
+    if await gateway.store.get_request(delivery.request_id) is None:
+        gateway.metrics.webhook_verifications.labels(outcome="unknown_request").inc()
+        log.info("fal webhook for an unknown request", extra={"fields": {"request_id": delivery.request_id}})
+        raise ServiceUnavailable("No such request here (yet)", headers={"retry-after": "5"})
+    gateway.fal_account.learn(delivery.user_id)
     completion = completion_from_webhook(data, delivery.request_id)
     fresh = await gateway.completions.record(completion)
     gateway.metrics.webhook_verifications.labels(outcome="accepted" if fresh else "duplicate").inc()

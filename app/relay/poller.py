@@ -2,7 +2,9 @@
 
 fal's webhook normally tells us a job ended. If it cannot reach us (a misconfigured public URL, a long
 outage), requests would stay open forever, holding in-flight slots and never reaching the client's
-webhook. One replica at a time (by lease) polls fal for requests quiet for longer than the grace period.
+webhook. One replica at a time (by lease) polls fal for requests quiet for longer than the grace period,
+a page at a time in order of creation, going round all of them: a page of stuck requests (fal keeps
+saying IN_QUEUE) must not starve the ones behind it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from app.relay.leases import Leases
 from app.store import RequestState, Store
 
 log = logging.getLogger("falgate.poller")
+
+_PAGE = 100
 
 
 class Poller:
@@ -45,6 +49,7 @@ class Poller:
         self._interval = interval
         self._grace = grace
         self._holder = uuid.uuid4().hex
+        self._cursor = 0.0  # created_at of the last request polled; 0 = start from the oldest again
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -67,7 +72,9 @@ class Poller:
 
     async def poll_once(self) -> None:
         cutoff = time.time() - self._grace
-        for record in await self._store.pending_requests(cutoff, limit=100):
+        page = await self._store.pending_requests(cutoff, limit=_PAGE, newer_than=self._cursor)
+        self._cursor = page[-1].created_at if len(page) == _PAGE else 0.0
+        for record in page:
             op = Operation(OpKind.STATUS, FrontDoor.REST, record.app_id, request_id=record.request_id)
             try:
                 response = await self._upstream.send(op, {})

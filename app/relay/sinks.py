@@ -8,20 +8,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import anyio
 import orjson
 from fastapi import APIRouter, Header, Query, Response, WebSocket, WebSocketDisconnect
-from sse_starlette.sse import AppStatus, EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from app.callers.authenticator import Caller
-from app.errors import GatewayError
+from app.errors import GatewayError, TooManyRequests
 from app.gateway import Gateway, GatewayDep, ReadCallerDep
 from app.pipeline.operations import check_request_id
 from app.relay.readers import is_terminal, watch_events
 from app.responses import JSONResponse
 from app.store import Event
+
+log = logging.getLogger("falgate.sinks")
+
+
+class _RefusedHandshakeIsNotAnError(logging.Filter):
+    """uvicorn logs every refused WebSocket handshake (our 401/403/429 denial response) at error level:
+    "ASGI callable returned without completing handshake." Any anonymous client could fill the error
+    log with it, so it is demoted to info; the refusal itself is logged by us at info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().startswith("ASGI callable returned without"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_RefusedHandshakeIsNotAnError())
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -83,27 +101,40 @@ async def _sse(
 
 
 async def until_stopped(source: AsyncIterator[Event], stop: anyio.Event) -> AsyncIterator[Event | None]:
-    """Items of `source` until it ends, or one None as soon as `stop` is set (then `source` is closed)."""
+    """Items of `source` until it ends, or one None as soon as `stop` is set (then `source` is closed).
+
+    However it ends (the client went away and the response task was cancelled, included), the pending
+    read is cancelled first, so `source` can then be closed: its subscription and keeper go with it.
+    """
     stopping = asyncio.ensure_future(stop.wait())
+    upcoming: asyncio.Future[Event] | None = None
     try:
         while True:
             upcoming = asyncio.ensure_future(anext(source))
             await asyncio.wait({upcoming, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if upcoming.done():
                 try:
-                    yield upcoming.result()
+                    item = upcoming.result()
                 except StopAsyncIteration:
                     return
+                upcoming = None
+                yield item
                 continue
-            upcoming.cancel()
-            with contextlib.suppress(BaseException):
-                await upcoming
             yield None
             return
     finally:
         stopping.cancel()
+        if upcoming is not None and not upcoming.done():
+            upcoming.cancel()
+            # A cancelled read ends `source` (the CancelledError runs its finally); wait for that.
+            with contextlib.suppress(BaseException):
+                await upcoming
         with contextlib.suppress(BaseException):
             await source.aclose()  # type: ignore[attr-defined]
+
+
+# Open sockets per caller id on this replica (FALGATE_WS_MAX_SOCKETS_PER_CALLER).
+_open_sockets: Counter[str] = Counter()
 
 
 @router.websocket("/ws")
@@ -113,19 +144,31 @@ async def websocket_events(websocket: WebSocket) -> None:
     try:
         caller = await gateway.auth.authenticate(websocket)
         await gateway.limiter.hit(caller.id, "read")  # a handshake is a read, like an SSE stream's request
+        if _open_sockets[caller.id] >= gateway.settings.ws_max_sockets_per_caller:
+            raise TooManyRequests("Too many open WebSockets for this caller", headers={"retry-after": "5"})
     except GatewayError as refused:
-        await websocket.send_denial_response(
-            _denial(refused.status_code, refused.detail, refused.headers)
-        )
+        # Anyone can be refused: that is an answer, not an incident (info, not error).
+        log.info("websocket refused", extra={"fields": {"status": refused.status_code}})
+        await websocket.send_denial_response(_denial(refused.status_code, refused.detail, refused.headers))
         return
-    await websocket.accept()
-    gateway.metrics.open_connections.labels(kind="websocket").inc()
-    session = _Session(gateway, caller, websocket)
+    _open_sockets[caller.id] += 1
     try:
-        await session.run()
+        await websocket.accept()
+        gateway.metrics.open_connections.labels(kind="websocket").inc()
+        session = _Session(gateway, caller, websocket)
+        try:
+            await session.run()
+        finally:
+            await session.close()
+            gateway.metrics.open_connections.labels(kind="websocket").dec()
     finally:
-        await session.close()
-        gateway.metrics.open_connections.labels(kind="websocket").dec()
+        _open_sockets[caller.id] -= 1
+        if _open_sockets[caller.id] <= 0:
+            del _open_sockets[caller.id]
+
+
+class _BinaryFrame(Exception):
+    pass
 
 
 def _denial(status: int, detail: object, headers: dict[str, str] | None) -> JSONResponse:
@@ -145,15 +188,24 @@ class _Session:
         try:
             while True:
                 try:
-                    message = orjson.loads(await self._ws.receive_text())
+                    message = orjson.loads(await self._receive_text())
                 except WebSocketDisconnect:
                     return
-                except orjson.JSONDecodeError:
+                except (orjson.JSONDecodeError, _BinaryFrame):
                     await self._send({"type": "error", "detail": "Messages must be JSON objects"})
                     continue
                 await self._handle(message if isinstance(message, dict) else {})
         finally:
             shutdown.cancel()
+
+    async def _receive_text(self) -> str:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        text = message.get("text")
+        if text is None:
+            raise _BinaryFrame  # the protocol is JSON text; a binary frame is answered like bad JSON
+        return text
 
     async def _handle(self, message: dict) -> None:
         kind, request_id = message.get("type"), message.get("request_id")
@@ -178,6 +230,10 @@ class _Session:
             return
         if request_id in self._subs:
             self._subs.pop(request_id).cancel()
+        elif len(self._subs) >= self._gateway.settings.ws_max_subscriptions:
+            detail = "Too many subscriptions on this socket"
+            await self._send({"type": "error", "request_id": request_id, "status": 429, "detail": detail})
+            return
         self._subs[request_id] = asyncio.create_task(self._forward(request_id, app_id, after))
         await self._send({"type": "subscribed", "request_id": request_id, "after": after})
 
@@ -191,9 +247,9 @@ class _Session:
         self._subs.pop(request_id, None)
 
     async def _watch_shutdown(self) -> None:
-        # uvicorn's exit signal, as sse-starlette observes it: tell mobile clients to come back elsewhere.
-        while not AppStatus.should_exit:
-            await asyncio.sleep(0.2)
+        # uvicorn's exit signal, from sse-starlette's one shared watcher per loop (no polling per socket):
+        # tell mobile clients to come back elsewhere.
+        await EventSourceResponse._listen_for_exit_signal()
         await self._send({"type": "reconnect", "reason": "server shutting down"})
         await self._ws.close(code=1012)  # 1012: service restart
 

@@ -36,6 +36,8 @@ class Watchers:
         ledger: Ledger,
         completions: Completions,
         metrics: Metrics,
+        *,
+        lease_seconds: float = _LEASE_SECONDS,
     ) -> None:
         self._store = store
         self._upstream = upstream
@@ -43,6 +45,7 @@ class Watchers:
         self._ledger = ledger
         self._completions = completions
         self._metrics = metrics
+        self._lease_seconds = lease_seconds
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.replica = uuid.uuid4().hex
 
@@ -70,10 +73,16 @@ class Watchers:
         lease = f"watch:{request_id}"
         if await self._store.has_terminal_event(request_id):
             return
-        if not await self._leases.acquire(lease, self.replica, _LEASE_SECONDS):
+        if not await self._leases.acquire(lease, self.replica, self._lease_seconds):
             return  # another replica watches it; its events reach our clients over the bus
+        follow = asyncio.create_task(self._follow(request_id, app_id))
+        renew = asyncio.create_task(self._renew(lease))
         try:
-            await self._follow(request_id, app_id, lease)
+            await asyncio.wait({follow, renew}, return_when=asyncio.FIRST_COMPLETED)
+            if follow.done():
+                follow.result()  # its errors, to the handlers below
+            else:
+                log.info("status watcher lost its lease", extra={"fields": {"request_id": request_id}})
         except GatewayError as exc:
             log.info("status watcher stopped", extra={"fields": {"request_id": request_id, "reason": type(exc).__name__}})
         except asyncio.CancelledError:
@@ -81,10 +90,26 @@ class Watchers:
         except Exception:
             log.exception("status watcher failed", extra={"fields": {"request_id": request_id}})
         finally:
+            for task in (renew, follow):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             with contextlib.suppress(Exception):
                 await self._leases.release(lease, self.replica)
 
-    async def _follow(self, request_id: str, app_id: str, lease: str) -> None:
+    async def _renew(self, lease: str) -> None:
+        """Renew on a timer, not on fal's events: a quiet job (no event for longer than the lease) must not
+        let another replica open a second upstream stream. Returns when the lease was lost (we stop)."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                held = await self._leases.acquire(lease, self.replica, self._lease_seconds)
+            except Exception:
+                continue  # the store is briefly away: keep watching, try again
+            if not held:
+                return
+
+    async def _follow(self, request_id: str, app_id: str) -> None:
         logs_seen = sum(len(e.data.get("logs", [])) for e in await self._store.events_after(request_id) if e.kind == "logs")
         last_status: tuple | None = None
         op = Operation(OpKind.STREAM, FrontDoor.REST, app_id, request_id=request_id, params={"logs": "1"})
@@ -93,7 +118,6 @@ class Watchers:
             if upstream.status_code != 200:
                 return
             async for status in iter_sse_data(upstream):
-                await self._leases.acquire(lease, self.replica, _LEASE_SECONDS)
                 state = status.get("status")
                 logs = status.get("logs") or []
                 if isinstance(logs, list) and len(logs) > logs_seen:

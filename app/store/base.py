@@ -318,9 +318,10 @@ class Store(ABC):
     async def has_terminal_event(self, request_id: str) -> bool: ...
 
     @abstractmethod
-    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
-        """Non-terminal requests created before `older_than` (unix time), oldest first: the fallback
-        poller's work list for webhooks that never came."""
+    async def pending_requests(self, older_than: float, limit: int = 100, newer_than: float = 0.0) -> list[RequestRecord]:
+        """Non-terminal requests created before `older_than` and after `newer_than` (unix time), oldest
+        first: the fallback poller's work list for webhooks that never came (`newer_than` is its cursor,
+        so it goes round all of them rather than always the oldest)."""
 
     # --- webhook relay: the outbox of client webhooks ---
 

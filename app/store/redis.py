@@ -270,7 +270,7 @@ class RedisStore(RedisRelay, Store):
                 await self._redis.zrem(index, *stale)
         return [rec for rec in records if rec is not None and rec.caller_id == caller_id]
 
-    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
+    async def pending_requests(self, older_than: float, limit: int = 100, newer_than: float = 0.0) -> list[RequestRecord]:
         pending = self._key("pending")
         found: list[RequestRecord] = []
         with self._guard():
@@ -278,7 +278,9 @@ class RedisStore(RedisRelay, Store):
                 # Pages start after what was kept: stale ids found on the way are removed below.
                 ids = cast(
                     list[bytes],
-                    await self._redis.zrangebyscore(pending, "-inf", f"({older_than!r}", start=len(found), num=limit),
+                    await self._redis.zrangebyscore(
+                        pending, f"({newer_than!r}", f"({older_than!r}", start=len(found), num=limit
+                    ),
                 )
                 if not ids:
                     break

@@ -184,14 +184,13 @@ class SQLiteRelay:
         query = "SELECT 1 FROM event_logs WHERE request_id = ? AND terminal_seq IS NOT NULL"
         return await self._read(lambda db: _one(db, query, (request_id,)) is not None)
 
-    async def pending_requests(self, older_than: float, limit: int = 100) -> list[RequestRecord]:
+    async def pending_requests(self, older_than: float, limit: int = 100, newer_than: float = 0.0) -> list[RequestRecord]:
         query = (
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE state NOT IN ({TERMINAL_SQL}) AND created_at < ?"
-            " ORDER BY created_at LIMIT ?"
+            " AND created_at > ? ORDER BY created_at LIMIT ?"
         )
-        return await self._read(
-            lambda db: [request_record(row) for row in db.execute(query, (older_than, max(limit, 0)))]
-        )
+        args = (older_than, newer_than, max(limit, 0))
+        return await self._read(lambda db: [request_record(row) for row in db.execute(query, args)])
 
     # --- outbox ---
 

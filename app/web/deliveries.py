@@ -40,6 +40,7 @@ async def redeliver(delivery_id: str, caller: SubmitCallerDep, gateway: GatewayD
     if delivery is None or delivery.caller_id != caller.id:
         raise NotFound("Delivery not found")
     updated = await gateway.store.redeliver(delivery_id, time.time())
+    if updated is None:  # expired or pruned between the read and the re-send
+        raise NotFound("Delivery not found")
     gateway.outbox.wake()
-    assert updated is not None
     return _view(updated)
