@@ -1,4 +1,4 @@
-"""The `falgate` command: `serve`, `emulator`, `keys new`."""
+"""The `falgate` command: `serve`, `emulator`, `keys new`, `push vapid-keys`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def _keys_new(args: argparse.Namespace) -> None:
     )
 
 
+def _push_vapid_keys(args: argparse.Namespace) -> None:
+    from app.relay.push.vapid import new_key_pem
+
+    pem, public_key = new_key_pem()
+    # The private key on stdout (redirect it to a file), the advice on stderr.
+    print(pem, end="")
+    print(
+        f"Public key (what /v1/push/vapid-public-key will answer): {public_key}\n"
+        "Keep the PEM secret: set FALGATE_VAPID_PRIVATE_KEY to it (or to the file's path) and\n"
+        "FALGATE_VAPID_SUBJECT to a mailto: or https: contact. A new key invalidates every subscription.",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="falgate", description="A gateway for fal.ai's image-to-video models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     keys_new = keys_commands.add_parser("new", help="print a new random key and its FALGATE_API_KEYS entry")
     keys_new.add_argument("caller_id", metavar="CALLER_ID", help="who the key is for, e.g. alice or web-app")
     keys_new.set_defaults(run=_keys_new)
+
+    push = commands.add_parser("push", help="push-notification setup")
+    push_commands = push.add_subparsers(dest="push_command", required=True)
+    vapid_keys = push_commands.add_parser("vapid-keys", help="print a new VAPID private key (PEM) for Web Push")
+    vapid_keys.set_defaults(run=_push_vapid_keys)
 
     args = parser.parse_args(argv)
     try:

@@ -27,6 +27,7 @@ from app.relay.completions import Completions
 from app.relay.leases import Leases, open_leases
 from app.relay.outbox import Outbox
 from app.relay.poller import Poller
+from app.relay.push.dispatch import Push, open_push
 from app.relay.watchers import Watchers
 from app.settings import Settings
 from app.store import Store, StoreUnavailable, open_redis_pool, open_store
@@ -57,6 +58,7 @@ class Gateway:
     watchers: Watchers
     outbox: Outbox
     poller: Poller
+    push: Push
     # On a Redis store, the one connection pool the store, bus, leases and limiter share; None on SQLite.
     redis_pool: ConnectionPool | None = None
 
@@ -93,14 +95,17 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     bus = open_bus(settings.store_url, redis_pool=redis_pool)
     leases = open_leases(settings.store_url, redis_pool=redis_pool)
     ledger = Ledger(store, settings, prices)
+    push = open_push(store, settings)
     outbox = Outbox(
         store,
         metrics,
         secret=settings.webhook_secret,
         allow_private=settings.webhook_allow_private,
         retry_scale=settings.webhook_retry_scale,
+        push=push,
     )
-    completions = Completions(store, bus, ledger, upstream, wake_outbox=outbox.wake)
+    push.on_queued(outbox.wake)
+    completions = Completions(store, bus, ledger, upstream, wake_outbox=outbox.wake, queue_push=push.queue)
     return Gateway(
         settings=settings,
         upstream=upstream,
@@ -125,6 +130,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
         completions=completions,
         watchers=Watchers(store, upstream, leases, ledger, completions, metrics),
         outbox=outbox,
+        push=push,
         poller=Poller(
             store,
             upstream,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -20,7 +20,7 @@ from app.callers.ledger import Ledger
 from app.fal.upstream import UpstreamClient
 from app.pipeline.operations import FrontDoor, Operation, OpKind
 from app.relay.bus import EventBus
-from app.store import Completion, Delivery, DeliveryState, Event, RequestState, Store
+from app.store import Completion, Delivery, DeliveryState, Event, RequestRecord, RequestState, Store
 
 log = logging.getLogger("falgate.completions")
 
@@ -32,8 +32,15 @@ class Completions:
     """Turns a completion, whoever learned of it, into one stored result and everything that follows."""
 
     def __init__(
-        self, store: Store, bus: EventBus, ledger: Ledger, upstream: UpstreamClient, wake_outbox: Callable[[], None]
+        self,
+        store: Store,
+        bus: EventBus,
+        ledger: Ledger,
+        upstream: UpstreamClient,
+        wake_outbox: Callable[[], None],
+        queue_push: Callable[[Completion, RequestRecord], Awaitable[None]] | None = None,
     ) -> None:
+        self._queue_push = queue_push  # app/relay/push: one outbox delivery per device of the caller
         self._store = store
         self._bus = bus
         self._ledger = ledger
@@ -59,6 +66,8 @@ class Completions:
         record = await self._store.get_request(request_id)
         if record is not None and record.client_webhook:
             await self._queue_client_webhook(completion, record.caller_id, record.client_webhook)
+        if record is not None and self._queue_push is not None:
+            await self._queue_push(completion, record)
 
     async def publish(self, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
         event = await self._store.append_event(request_id, kind, data, terminal=terminal)

@@ -7,6 +7,7 @@ runs them inside BEGIN IMMEDIATE, so two processes opening a fresh file never bo
 from __future__ import annotations
 
 from app.store.base import TERMINAL_STATES
+from app.store.sqlite_devices import DEVICES_MIGRATION
 
 TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
 
@@ -81,4 +82,5 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             " UPDATE slot_counts SET held = held - 1 WHERE caller_id = old.caller_id; END"
         ),
     ),
+    DEVICES_MIGRATION,  # push devices (app/store/sqlite_devices.py)
 )
