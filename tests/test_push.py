@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import redis
 
 from app.relay.push.vapid import new_key_pem
 from tests.push_standins import ApnsStandin, FcmStandin, Tally, WebPushStandin
+from tests.redis_server import redis_url
 from tests.relay_helpers import KLING, auth_env, bearer, caller_keys, submit
 from tests.servers import Server, start_emulator, start_gateway
 
 SUBJECT = "mailto:ops@falgate.test"
+REDIS_URL = redis_url(10)  # a db of its own, flushed by the test that uses it
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +269,26 @@ def test_no_vapid_key_means_no_webpush(emulator: Server) -> None:
             assert answer.status_code == 400 and "not configured" in answer.json()["detail"]
     finally:
         gateway.stop()
+
+
+def test_two_replicas_on_one_redis_push_once_per_device(emulator: Server) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    standins = Standins.start(fail_first=1)
+    keys = caller_keys("rita")
+    env = standins.env(keys, FALGATE_STORE_URL=REDIS_URL)
+    replicas = [start_gateway(emulator, **env), start_gateway(emulator, **env)]
+    try:
+        with _client(replicas[0], keys["rita"]) as rita:
+            _register_all(rita, standins)
+            submit(rita)
+            for tally in standins.tallies.values():
+                tally.wait_accepted(1, timeout=30)
+            time.sleep(1.5)
+        assert all(len(t.accepted) == 1 and len(t.attempts) == 2 for t in standins.tallies.values())
+        with _client(replicas[1], keys["rita"]) as rita:
+            assert len(rita.get("/v1/devices").json()["devices"]) == 3
+            assert [d["state"] for d in _push_deliveries(rita)] == ["delivered"] * 3
+    finally:
+        for replica in replicas:
+            replica.stop()
+        standins.close()
