@@ -16,7 +16,7 @@ import redis
 from app.relay.push.vapid import new_key_pem
 from tests.push_standins import ApnsStandin, FcmStandin, Tally, WebPushStandin
 from tests.redis_server import redis_url
-from tests.relay_helpers import KLING, auth_env, bearer, caller_keys, submit
+from tests.relay_helpers import KLING, KLING_BODY, auth_env, bearer, caller_keys, submit
 from tests.servers import Server, start_emulator, start_gateway
 
 SUBJECT = "mailto:ops@falgate.test"
@@ -236,6 +236,17 @@ def test_devices_belong_to_their_caller(emulator: Server) -> None:
             time.sleep(2.0)
             assert all(not t.attempts for t in standins.tallies.values())
             assert _push_deliveries(bob) == []
+            # ...nor can he target one of hers: to him it is an unknown device.
+            answer = bob.post(f"/{KLING}", json=KLING_BODY, params={"push_device": ids["fcm"]})
+            assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "push_device"]
+            assert alice.post(f"/{KLING}", json=KLING_BODY, params={"push": "maybe"}).status_code == 422
+            # Alice's ?push=0 notifies nobody; ?push_device=ID only that device.
+            for params in ({"push": "0"}, {"push_device": ids["apns"]}):
+                assert alice.post(f"/{KLING}", json=KLING_BODY, params=params).status_code == 200
+            standins.apns.tally.wait_accepted(1)
+            time.sleep(2.0)
+            assert len(standins.apns.tally.accepted) == 1
+            assert not standins.fcm.tally.attempts and not standins.web.tally.attempts
             # A token registered twice is one device; a fourth device is over the cap.
             token = {"platform": "fcm", "token": "fcm-again-" + secrets.token_hex(8)}
             assert alice.post("/v1/devices", json=token).status_code == 429

@@ -44,3 +44,11 @@ async def test_the_cap_holds_under_concurrent_registrations(backend: Backend) ->
     assert (await stores[1].add_device(_device("b1", caller_id="bob"), cap=4))[1]
     known = next(device for device, created in results if created)
     assert await stores[2].add_device(known, cap=4) == (known, False)
+
+
+async def test_a_push_choice_is_kept_per_request(store: Store) -> None:
+    assert await store.get_push_choice("r1") is None
+    await store.set_push_choice("r1", "off")
+    await store.set_push_choice("r2", "device:d1")
+    assert await store.get_push_choice("r1") == "off"
+    assert await store.get_push_choice("r2") == "device:d1"

@@ -90,6 +90,8 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
     payload = parse_input(gateway, op, body)
     client_webhook = _client_webhook(gateway, op)
+    # ?push=0 / ?push_device=ID (app/relay/push/), stored with the request when it is recorded.
+    push_choice = await gateway.push.choice_for(caller.id, request.query_params) if op.kind is OpKind.SUBMIT else None
     if op.kind is OpKind.SUBMIT:
         # fal always calls our own receiver; the caller's webhook is ours to deliver once we verified fal's.
         op = dataclasses.replace(op, params={**op.params, "fal_webhook": gateway.settings.fal_webhook_url})
@@ -106,7 +108,7 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
         # fal's answer is parsed once, for the URL rewrite and for the request id the ledger records.
         data = json_body(upstream.content) if op.kind is OpKind.SUBMIT and upstream.status_code < 300 else None
         response = relay(op, upstream, gateway.settings.gateway_url, data)
-        await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
+        await _settle(gateway, op, admission, upstream.status_code, data, client_webhook, push_choice)
     except BaseException:
         if admission is not None:
             await gateway.ledger.abandon(admission)
@@ -138,7 +140,13 @@ def _client_webhook(gateway: Gateway, op: Operation) -> str:
 
 
 async def _settle(
-    gateway: Gateway, op: Operation, admission: Admission, status: int, data: dict | None, client_webhook: str
+    gateway: Gateway,
+    op: Operation,
+    admission: Admission,
+    status: int,
+    data: dict | None,
+    client_webhook: str,
+    push_choice: str | None = None,
 ) -> None:
     ledger = gateway.ledger
     if op.kind is OpKind.RUN:
@@ -147,6 +155,8 @@ async def _settle(
         return
     request_id = data.get("request_id") if data else None
     if isinstance(request_id, str):
+        if push_choice is not None:  # before the record: a completion applied from then on reads it
+            await gateway.store.set_push_choice(request_id, push_choice)
         early = await ledger.commit(admission, op, request_id, client_webhook)
         if early is not None:  # fal's webhook arrived before we had recorded the request
             await gateway.completions.apply(early)

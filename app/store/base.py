@@ -392,6 +392,14 @@ class Store(ABC):
     async def delete_device(self, caller_id: str, device_id: str) -> bool:
         """True only if the caller owned the device and this call removed it."""
 
+    @abstractmethod
+    async def set_push_choice(self, request_id: str, choice: str) -> None:
+        """What a submit asked of push (`?push=0`, `?push_device=ID`): kept as long as its request."""
+
+    @abstractmethod
+    async def get_push_choice(self, request_id: str) -> str | None:
+        """The choice stored for the request, None when its submit made none (the default applies)."""
+
 
 class DevicePlatform(StrEnum):
     FCM = "fcm"

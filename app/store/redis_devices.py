@@ -3,6 +3,7 @@
 Keys:
     {p}dev:{device_id}      hash   a Device; no expiry (a device stays until deleted or reported dead)
     {p}devs:{caller_id}     zset   device_id by created_at
+    {p}pushopt:{request_id} string a submit's push choice, expiring with its request
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from app.store.base import Device, DevicePlatform
+from app.store.base import REQUEST_TTL_SECONDS, Device, DevicePlatform
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -109,3 +110,12 @@ class RedisDevices:
         keys = [self._key("dev", device_id), self._key("devs", caller_id)]
         with self._guard():
             return bool(await self._delete_device(keys=keys, args=[caller_id]))
+
+    async def set_push_choice(self, request_id: str, choice: str) -> None:
+        with self._guard():
+            await self._redis.set(self._key("pushopt", request_id), choice, ex=REQUEST_TTL_SECONDS)
+
+    async def get_push_choice(self, request_id: str) -> str | None:
+        with self._guard():
+            raw = await self._redis.get(self._key("pushopt", request_id))
+        return None if raw is None else raw.decode()

@@ -7,10 +7,11 @@ Devices never expire: a device stays until its caller deletes it or its push ser
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.store.base import Device, DevicePlatform
+from app.store.base import REQUEST_TTL_SECONDS, Device, DevicePlatform
 
 T = TypeVar("T")
 
@@ -20,6 +21,8 @@ DEVICES_MIGRATION: tuple[str, ...] = (
         " platform TEXT NOT NULL, token TEXT NOT NULL, label TEXT NOT NULL, created_at REAL NOT NULL)"
     ),
     "CREATE INDEX IF NOT EXISTS devices_by_caller ON devices (caller_id, created_at)",
+    "CREATE TABLE IF NOT EXISTS push_choices (request_id TEXT PRIMARY KEY, choice TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS push_choices_by_age ON push_choices (at)",
 )
 
 _COLUMNS = "device_id, caller_id, platform, token, label, created_at"
@@ -71,3 +74,17 @@ class SQLiteDevices:
             return cursor.rowcount > 0
 
         return await self._write(op)
+
+    async def set_push_choice(self, request_id: str, choice: str) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            now = time.time()
+            # Pruned here rather than in the store's periodic prune: few submits make a choice.
+            db.execute("DELETE FROM push_choices WHERE at < ?", (now - REQUEST_TTL_SECONDS,))
+            db.execute("INSERT OR REPLACE INTO push_choices (request_id, choice, at) VALUES (?, ?, ?)", (request_id, choice, now))
+
+        await self._write(op)
+
+    async def get_push_choice(self, request_id: str) -> str | None:
+        query = "SELECT choice FROM push_choices WHERE request_id = ?"
+        row = await self._read(lambda db: db.execute(query, (request_id,)).fetchone())
+        return None if row is None else str(row[0])

@@ -12,9 +12,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from app.errors import InvalidInput
 from app.ops.logs import register_secret
 from app.relay.push.result import PushResult
 from app.relay.push.templates import notification
@@ -24,6 +25,9 @@ from app.store import Completion, Delivery, DeliveryState, Device, DevicePlatfor
 log = logging.getLogger("falgate.push")
 
 PUSH_SCHEME = "push:"
+# A submit's choice, as stored: every device, none, or one ("device:<id>").
+CHOICE_ALL, CHOICE_OFF, CHOICE_DEVICE = "all", "off", "device:"
+_TRUE, _FALSE = frozenset({"1", "true", "on", "yes"}), frozenset({"0", "false", "off", "no"})
 _NAMESPACE = uuid.UUID("3b0c6f53-2f5e-4d1a-9a0e-7c2f1d9b8e44")
 
 
@@ -64,13 +68,36 @@ class Push:
     def on_queued(self, wake: Callable[[], None]) -> None:
         self._wake = wake
 
+    async def choice_for(self, caller_id: str, query: Mapping[str, str]) -> str | None:
+        """A submit's `?push=0|1` / `?push_device=ID`, checked; None when it names neither."""
+        device_id, flag = query.get("push_device"), query.get("push")
+        if device_id is not None:
+            device = await self._store.get_device(device_id) if device_id else None
+            if device is None or device.caller_id != caller_id:  # someone else's device is unknown, too
+                raise InvalidInput([{"loc": ["query", "push_device"], "msg": "Unknown device", "type": "device"}])
+            return CHOICE_DEVICE + device_id
+        if flag is None:
+            return None
+        if flag.lower() in _TRUE:
+            return CHOICE_ALL
+        if flag.lower() in _FALSE:
+            return CHOICE_OFF
+        raise InvalidInput([{"loc": ["query", "push"], "msg": "push must be 0 or 1", "type": "bool_parsing"}])
+
     async def queue(self, completion: Completion, record: RequestRecord) -> None:
         """One delivery per device of the request's caller (idempotent, so safe on every apply)."""
-        if not self._senders or not self._settings.push_default:
+        if not self._senders:
             return
         devices = [d for d in await self._store.list_devices(record.caller_id) if d.platform in self._senders]
         if not devices:
             return
+        choice = await self._store.get_push_choice(completion.request_id)
+        if choice is None:
+            choice = CHOICE_ALL if self._settings.push_default else CHOICE_OFF
+        if choice == CHOICE_OFF:
+            return
+        if choice.startswith(CHOICE_DEVICE):
+            devices = [d for d in devices if d.device_id == choice[len(CHOICE_DEVICE) :]]
         note = notification(completion, record, title=self._settings.push_title, body=self._settings.push_body)
         body = json.dumps(note, separators=(",", ":")).encode()
         now = time.time()
