@@ -282,6 +282,26 @@ def test_no_vapid_key_means_no_webpush(emulator: Server) -> None:
         gateway.stop()
 
 
+def test_a_private_web_push_endpoint_is_refused(emulator: Server) -> None:
+    """Without FALGATE_WEBHOOK_ALLOW_PRIVATE an endpoint is held to the client-webhook rules."""
+    keys = caller_keys("pat")
+    pem, public_key = new_key_pem()
+    gateway = start_gateway(emulator, **auth_env(keys), FALGATE_VAPID_PRIVATE_KEY=pem, FALGATE_VAPID_SUBJECT=SUBJECT)
+    web = WebPushStandin(Tally(), SUBJECT)
+    try:
+        with _client(gateway, keys["pat"]) as pat:
+            assert pat.get("/v1/push/vapid-public-key").json() == {"public_key": public_key}
+            for endpoint in (web.browser().endpoint, "https://169.254.169.254/push", "http://push.example.com/x"):
+                subscription = {**web.browser().subscription(), "endpoint": endpoint}
+                answer = pat.post("/v1/devices", json={"platform": "webpush", "subscription": subscription})
+                assert answer.status_code == 400 and "refused" in answer.json()["detail"], answer.text
+            assert pat.get("/v1/devices").json() == {"devices": []}
+        assert pem.splitlines()[1] not in gateway.output
+    finally:
+        gateway.stop()
+        web.close()
+
+
 def test_two_replicas_on_one_redis_push_once_per_device(emulator: Server) -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
     standins = Standins.start(fail_first=1)
