@@ -123,7 +123,8 @@ def _secrets_of(standins: Standins) -> list[str]:
 
 def test_each_device_gets_exactly_one_notification_after_two_failures(emulator: Server, standins: Standins) -> None:
     keys = caller_keys("alice")
-    gateway = start_gateway(emulator, **standins.env(keys))
+    # Debug logging: the canary check below covers everything the gateway and its libraries can print.
+    gateway = start_gateway(emulator, **standins.env(keys, FALGATE_LOG_LEVEL="debug"))
     try:
         with _client(gateway, keys["alice"]) as alice:
             ids = _register_all(alice, standins)

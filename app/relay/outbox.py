@@ -4,6 +4,10 @@ Deliveries live in the store, so a restart loses none; each attempt first claims
 lease, so two replicas never send the same one at once; a 2xx marks it delivered and it is never sent
 again unless the caller asks for a redelivery. Each attempt is signed afresh (Standard Webhooks)
 with the delivery id as `webhook-id`, stable across retries, so receivers can deduplicate.
+
+Push notifications (app/relay/push/) are deliveries too, with a `push:<device id>` url: the same lease,
+schedule and listing, but sent by the device's push service sender, honouring its Retry-After, and
+given up at once when retrying cannot help (a dead token, a 4xx).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ an hour and throttles one renewed more often than every 20 minutes, so it is ren
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,16 +15,21 @@ from typing import Any
 import httpx
 import jwt
 
+from app.ops.logs import register_secret
 from app.relay.push.result import PushResult, from_status, timed, transport_failure
 from app.relay.push.tls import push_ssl_context
 
 _TOKEN_LIFETIME = 40 * 60
+# At DEBUG, hpack logs every header it encodes, `:path` (the device token) included: never below WARNING.
+for _name in ("hpack", "h2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 _DEAD_REASONS = frozenset({"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"})
 
 
 class ApnsSender:
     def __init__(self, key_file: str, key_id: str, team_id: str, topic: str, base_url: str, ca_file: str | None) -> None:
         self._key = Path(key_file).read_text()
+        register_secret(self._key)
         self._key_id = key_id
         self._team_id = team_id
         self._topic = topic

@@ -10,6 +10,7 @@ which the gateway otherwise uses). A lock keeps concurrent sends to one refresh.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from google.auth import exceptions as google_exceptions
 from google.auth import transport as google_transport
 from google.oauth2 import service_account
 
+from app.ops.logs import register_secret
 from app.relay.push.result import PushResult, from_status, timed, transport_failure
 from app.relay.push.tls import push_ssl_context
 
@@ -58,7 +60,10 @@ class _HttpxRequest(google_transport.Request):
 
 class FcmSender:
     def __init__(self, credentials_file: str, base_url: str, ca_file: str | None) -> None:
-        self._credentials = service_account.Credentials.from_service_account_file(credentials_file, scopes=[SCOPE])
+        with open(credentials_file) as f:
+            info = json.load(f)
+        register_secret(info.get("private_key"))
+        self._credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         self._project = self._credentials.project_id
         if not self._project:
             raise ValueError("FALGATE_FCM_CREDENTIALS: the service-account file has no project_id")
@@ -72,6 +77,7 @@ class FcmSender:
         async with self._lock:
             if force or not self._credentials.valid:
                 await asyncio.to_thread(self._credentials.refresh, _HttpxRequest(self._sync))
+                register_secret(self._credentials.token)  # scrubbed from any log line from now on
             return str(self._credentials.token)
 
     async def send(self, token: str, note: dict[str, Any]) -> PushResult:
