@@ -126,7 +126,12 @@ class Push:
         sender = self._senders.get(device.platform)
         if sender is None:
             return PushResult(False, None, f"not_configured: {device.platform}", permanent=True)
-        result = await sender.send(device.token, json.loads(delivery.body))
+        try:
+            result = await sender.send(device.token, json.loads(delivery.body))
+        except Exception as exc:  # a sender's bug must not hold the delivery's lease until it lapses
+            # Only the type: an exception's text may quote a token or a key.
+            log.error("push sender failed", extra={"fields": {"device_id": device.device_id, "error": type(exc).__name__}})
+            result = PushResult(False, None, f"send_failed: {type(exc).__name__}")
         if result.dead:
             await self._forget(device)
         return result
