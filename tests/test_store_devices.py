@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -22,6 +23,9 @@ async def test_a_device_is_added_once_listed_oldest_first_and_deleted_by_its_own
     assert await store.add_device(first, cap=10) == (first, True)
     again = _device("d1", token="tok", created_at=200.0)
     assert await store.add_device(again, cap=10) == (first, False), "the first registration stays"
+    rotated = await store.add_device(_device("d1", token="new keys", created_at=300.0), cap=10)
+    assert rotated == (replace(first, token="new keys"), False), "same device, its token refreshed"
+    first = rotated[0]
     second = Device("d2", "alice", DevicePlatform.WEBPUSH, '{"endpoint":"https://p/1"}', "", 150.0)
     assert (await store.add_device(second, cap=10))[1]
     assert [d.device_id for d in await store.list_devices("alice")] == ["d1", "d2"]

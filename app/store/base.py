@@ -376,8 +376,9 @@ class Store(ABC):
     async def add_device(self, device: Device, cap: int) -> tuple[Device | None, bool]:
         """Registers a caller's push target, atomically across replicas.
 
-        A device_id already registered comes back unchanged with False (device ids are derived from the
-        caller, platform and token, so a token registered twice is one device); a new one is stored and
+        A device_id already registered comes back with False, its token replaced by the new one (device
+        ids are derived from the caller, platform and token, or a Web Push subscription's endpoint whose
+        keys a browser may rotate, so a token registered twice is one device); a new one is stored and
         comes back with True, unless the caller already has `cap` devices: then (None, False).
         """
 

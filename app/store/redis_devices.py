@@ -17,13 +17,15 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript
 
-# KEYS[1] device, KEYS[2] the caller's index; ARGV cap, created_at, then field/value pairs.
-# Returns {1, hash} when added, {0, hash} when it existed, {-1} when the caller is at the cap.
+# KEYS[1] device, KEYS[2] the caller's index; ARGV cap, created_at, token, then field/value pairs.
+# Returns {1, hash} when added, {0, hash} when it existed (its token refreshed), {-1} at the cap.
 _ADD = """
-local existing = redis.call('HGETALL', KEYS[1])
-if #existing > 0 then return {0, existing} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'token', ARGV[3])
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return {-1} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], redis.call('HGET', KEYS[1], 'device_id'))
 return {1, redis.call('HGETALL', KEYS[1])}
 """
@@ -74,7 +76,7 @@ class RedisDevices:
             "label": device.label,
             "created_at": repr(device.created_at),
         }
-        args: list[Any] = [cap, repr(device.created_at)]
+        args: list[Any] = [cap, repr(device.created_at), device.token]
         for name, value in fields.items():
             args += [name, value]
         keys = [self._key("dev", device.device_id), self._key("devs", device.caller_id)]

@@ -49,6 +49,9 @@ class SQLiteDevices:
         def op(db: sqlite3.Connection) -> tuple[Device | None, bool]:
             existing = _fetch(db, device.device_id)
             if existing is not None:
+                if existing.token != device.token:
+                    db.execute("UPDATE devices SET token = ? WHERE device_id = ?", (device.token, device.device_id))
+                    existing = _fetch(db, device.device_id)
                 return existing, False
             (count,) = db.execute("SELECT COUNT(*) FROM devices WHERE caller_id = ?", (device.caller_id,)).fetchone()
             if count >= cap:
