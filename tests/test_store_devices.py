@@ -40,6 +40,8 @@ async def test_a_device_is_added_once_listed_oldest_first_and_deleted_by_its_own
 
 async def test_the_cap_holds_under_concurrent_registrations(backend: Backend) -> None:
     stores = [backend.open() for _ in range(3)]
+    for opened in stores:  # opened one after another (as replicas start): the race under test is the cap's
+        await opened.ping()
     results = await asyncio.gather(*(stores[i % 3].add_device(_device(f"d{i}", token=f"t{i}"), cap=4) for i in range(12)))
     assert sum(1 for device, created in results if created) == 4
     assert all(device is None for device, created in results if not created)
