@@ -1,4 +1,4 @@
-"""The `falgate` command: `serve`, `emulator`, `keys new`, `models sync|list`."""
+"""The `falgate` command: `serve`, `emulator`, `keys new`, `models sync|list`, `push vapid-keys`."""
 
 from __future__ import annotations
 
@@ -80,6 +80,20 @@ def _models_list(args: argparse.Namespace) -> None:
         print(f"{spec.model_id}\t{spec.source}\t{spec.category}")
 
 
+def _push_vapid_keys(args: argparse.Namespace) -> None:
+    from app.relay.push.vapid import new_key_pem
+
+    pem, public_key = new_key_pem()
+    # The private key on stdout (redirect it to a file), the advice on stderr.
+    print(pem, end="")
+    print(
+        f"Public key (what /v1/push/vapid-public-key will answer): {public_key}\n"
+        "Keep the PEM secret: set FALGATE_VAPID_PRIVATE_KEY to it (or to the file's path) and\n"
+        "FALGATE_VAPID_SUBJECT to a mailto: or https: contact. A new key invalidates every subscription.",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="falgate", description="A gateway for fal.ai's image-to-video models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     sync.set_defaults(run=_models_sync)
     listing = models_commands.add_parser("list", help="print each served model, where its schema came from, its category")
     listing.set_defaults(run=_models_list)
+    push = commands.add_parser("push", help="push-notification setup")
+    push_commands = push.add_subparsers(dest="push_command", required=True)
+    vapid_keys = push_commands.add_parser("vapid-keys", help="print a new VAPID private key (PEM) for Web Push")
+    vapid_keys.set_defaults(run=_push_vapid_keys)
 
     args = parser.parse_args(argv)
     try:

@@ -31,6 +31,7 @@ from app.relay.fal_account import FalAccount
 from app.relay.leases import Leases, open_leases
 from app.relay.outbox import Outbox
 from app.relay.poller import Poller
+from app.relay.push.dispatch import Push, open_push
 from app.relay.watchers import Watchers
 from app.settings import Settings
 from app.store import Store, StoreUnavailable, open_redis_pool, open_store
@@ -62,6 +63,7 @@ class Gateway:
     watchers: Watchers
     outbox: Outbox
     poller: Poller
+    push: Push
     # Submits and sync runs whose answer from fal is still awaited; drained at shutdown.
     shielded: ShieldedCalls = field(default_factory=ShieldedCalls)
     # On a Redis store, the one connection pool the store, bus, leases and limiter share; None on SQLite.
@@ -105,14 +107,17 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
     bus = open_bus(settings.store_url, redis_pool=redis_pool)
     leases = open_leases(settings.store_url, redis_pool=redis_pool)
     ledger = Ledger(store, settings, prices)
+    push = open_push(store, settings)
     outbox = Outbox(
         store,
         metrics,
         secret=settings.webhook_secret,
         allow_private=settings.webhook_allow_private,
         retry_scale=settings.webhook_retry_scale,
+        push=push,
     )
-    completions = Completions(store, bus, ledger, upstream, wake_outbox=outbox.wake)
+    push.on_queued(outbox.wake)
+    completions = Completions(store, bus, ledger, upstream, wake_outbox=outbox.wake, queue_push=push.queue)
     return Gateway(
         settings=settings,
         upstream=upstream,
@@ -141,6 +146,7 @@ async def open_gateway(settings: Settings, metrics: Metrics) -> Gateway:
             store, upstream, leases, ledger, completions, metrics, lease_seconds=settings.watcher_lease_seconds
         ),
         outbox=outbox,
+        push=push,
         poller=Poller(
             store,
             upstream,

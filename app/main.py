@@ -35,7 +35,7 @@ from app.ops.metrics import Metrics
 from app.relay import fal_webhook as fal_webhooks
 from app.relay import sinks as events
 from app.settings import EMULATOR_MOUNT, Settings
-from app.web import callers, catalog, deliveries, playground, storage
+from app.web import callers, catalog, deliveries, devices, playground, storage
 
 log = logging.getLogger("falgate")
 
@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(fal_webhooks.router)
     app.include_router(deliveries.router)
+    app.include_router(devices.router)
     app.include_router(proxy.proxy_router(settings.proxy_path))
     app.include_router(storage.router)
     if emulator is not None:

@@ -125,6 +125,45 @@ class Settings(BaseSettings):
     ws_max_subscriptions: int = Field(default=100, ge=1)  # requests one WebSocket may follow at once
     metrics_token: SecretStr | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
 
+    # --- push notifications (app/relay/push/) ---
+    max_devices_per_caller: int = Field(default=10, ge=1, le=1000)
+    push_default: bool = True  # submits notify the caller's devices unless they pass ?push=0
+    push_title: str = "{model}: {outcome}"  # placeholders: {model}, {outcome}, {request_id}
+    push_body: str = "Your request {request_id} is {outcome}."
+    push_ca_file: str | None = None  # an extra CA bundle trusted for the push services (tests, private relays)
+    fcm_url: str = "https://fcm.googleapis.com"
+    fcm_credentials: str | None = None  # path of the Firebase service-account JSON file
+    apns_url: str = "https://api.push.apple.com"  # sandbox: https://api.sandbox.push.apple.com
+    apns_key_file: str | None = None  # the .p8 signing key from Apple
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None  # the app's bundle id
+    vapid_private_key: SecretStr | None = None  # PEM, inline or a file path (`falgate push vapid-keys`)
+    vapid_subject: str | None = None  # "mailto:..." or "https://..."
+
+    @field_validator("push_title", "push_body")
+    @classmethod
+    def _valid_push_template(cls, value: str, info) -> str:
+        try:
+            value.format(model="m", outcome="o", request_id="r")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                f"FALGATE_{info.field_name.upper()} may only use {{model}}, {{outcome}} and {{request_id}}"
+            ) from None
+        return value
+
+    @field_validator("fcm_url", "apns_url")
+    @classmethod
+    def _valid_push_url(cls, value: str, info) -> str:
+        return _check_base_url(value, "FALGATE_" + info.field_name.upper())
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _valid_vapid_subject(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mailto:", "https://")):
+            raise ValueError("FALGATE_VAPID_SUBJECT must be a mailto: or https: URL")
+        return value
+
     @field_validator("cors_origins", "trusted_proxies", "models", mode="before")
     @classmethod
     def _parse_origins(cls, value: object) -> object:

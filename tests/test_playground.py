@@ -12,6 +12,7 @@ never a Playwright download.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import struct
@@ -338,3 +339,74 @@ def test_playground_with_authentication(browser: Browser, playground_emulator: S
     finally:
         session.close()
         server.stop()
+
+
+# The browser's own push service is the one part a test cannot run: headless Chromium refuses
+# pushManager.subscribe ("Registration failed - permission denied") and its service is FCM on the
+# internet. So the page's subscribe() answers a subscription to the Web Push stand-in (its keys the
+# test's), and what the stand-in decrypts is handed to the page's service worker over DevTools
+# (ServiceWorker.deliverPushMessage), as the browser's push service would. Everything else is real.
+FAKE_SUBSCRIBE_JS = """(subscription) => {
+  const fake = { toJSON: () => subscription, endpoint: subscription.endpoint };
+  PushManager.prototype.getSubscription = async () => null;
+  PushManager.prototype.subscribe = async function (options) {
+    window.__applicationServerKey = btoa(String.fromCharCode(...new Uint8Array(options.applicationServerKey)));
+    return fake;
+  };
+}"""
+
+
+def test_playground_notifies_when_done(browser: Browser, playground_emulator: Server) -> None:
+    from app.relay.push.vapid import new_key_pem
+    from tests.push_standins import Tally, WebPushStandin
+
+    subject = "mailto:ops@falgate.test"
+    web = WebPushStandin(Tally(), subject)
+    pem, public_key = new_key_pem()
+    web.vapid_public_key = public_key
+    server = start_gateway(
+        playground_emulator,
+        FALGATE_PLAYGROUND="true",
+        FALGATE_VAPID_PRIVATE_KEY=pem,
+        FALGATE_VAPID_SUBJECT=subject,
+        FALGATE_WEBHOOK_ALLOW_PRIVATE="true",
+    )
+    session = Session(browser, server.url, [server.url, playground_emulator.url])
+    try:
+        page = session.page
+        session.context.grant_permissions(["notifications"], origin=server.url)
+        subscription = web.browser().subscription()
+        page.add_init_script(f"({FAKE_SUBSCRIBE_JS})({json.dumps(subscription)})")
+        page.reload()
+        cdp = session.context.new_cdp_session(page)
+        registrations: list[str] = []
+        cdp.on("ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(r["registrationId"] for r in e["registrations"]))
+        cdp.send("ServiceWorker.enable")
+        page.click("#notify")
+        page.get_by_text("You will be notified").wait_for()
+        assert page.evaluate("window.__applicationServerKey"), "subscribe() was given the gateway's VAPID key"
+        devices = httpx.get(server.url + "/v1/devices").json()["devices"]
+        assert [d["label"] for d in devices] == ["playground"]
+
+        session.pick_model(KLING)
+        session.pick_image(make_png(64, 64, 7), "cat.png")
+        page.fill("#f-prompt", "a cat")
+        status, _ = session.submit(KLING)
+        assert status == 200
+        [note] = web.tally.wait_accepted(1, timeout=30)
+        assert note["data"]["video_url"] and note["data"]["status"] == "OK"
+        assert registrations, "the service worker registered"
+        cdp.send("ServiceWorker.deliverPushMessage", {"origin": server.url + "/", "registrationId": registrations[-1], "data": json.dumps(note)})
+        shown = page.wait_for_function(
+            """async () => {
+                const notes = await (await navigator.serviceWorker.ready).getNotifications();
+                return notes.length ? notes.map((n) => ({title: n.title, body: n.body, data: n.data})) : null;
+            }""",
+            timeout=10_000,
+        ).json_value()
+        assert shown == [{"title": note["title"], "body": note["body"], "data": note["data"]}]
+        session.check_clean()
+    finally:
+        session.close()
+        server.stop()
+        web.close()

@@ -91,6 +91,8 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
     payload, body = parse_input(gateway, op, body)
     client_webhook = _client_webhook(gateway, op)
+    # ?push=0 / ?push_device=ID (app/relay/push/), stored with the request when it is recorded.
+    push_choice = await gateway.push.choice_for(caller.id, request.query_params) if op.kind is OpKind.SUBMIT else None
     if op.kind is OpKind.SUBMIT:
         # fal always calls our own receiver; the caller's webhook is ours to deliver once we verified fal's.
         op = dataclasses.replace(op, params={**op.params, "fal_webhook": gateway.settings.fal_webhook_url})
@@ -108,7 +110,7 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     # From here fal may get the bytes: fal's answer is awaited and recorded even if this request is
     # cancelled (a shutdown's grace ran out, the client left). The call settles its own admission and
     # idempotency key, so a retry with the same key replays the answer rather than submitting again.
-    call = _send_and_record(gateway, caller, op, request, body, admission, client_webhook, key)
+    call = _send_and_record(gateway, caller, op, request, body, admission, client_webhook, key, push_choice)
     return await gateway.shielded.run(call)
 
 
@@ -121,9 +123,10 @@ async def _send_and_record(
     admission: Admission,
     client_webhook: str,
     key: str | None,
+    push_choice: str | None,
 ) -> Response:
     try:
-        response = await _send_and_settle(gateway, op, request, body, admission, client_webhook)
+        response = await _send_and_settle(gateway, op, request, body, admission, client_webhook, push_choice)
     except BaseException:
         if key is not None:
             await gateway.idempotency.abort(caller.id, key)
@@ -137,7 +140,13 @@ async def _send_and_record(
 
 
 async def _send_and_settle(
-    gateway: Gateway, op: Operation, request: Request, body: bytes, admission: Admission, client_webhook: str
+    gateway: Gateway,
+    op: Operation,
+    request: Request,
+    body: bytes,
+    admission: Admission,
+    client_webhook: str,
+    push_choice: str | None,
 ) -> Response:
     try:
         upstream = await gateway.upstream.send(op, request.headers, body)
@@ -152,7 +161,7 @@ async def _send_and_settle(
     except BaseException:
         await gateway.ledger.abandon(admission)
         raise
-    await _settle(gateway, op, admission, upstream.status_code, data, client_webhook)
+    await _settle(gateway, op, admission, upstream.status_code, data, client_webhook, push_choice)
     return response
 
 
@@ -173,7 +182,13 @@ def _client_webhook(gateway: Gateway, op: Operation) -> str:
 
 
 async def _settle(
-    gateway: Gateway, op: Operation, admission: Admission, status: int, data: dict | None, client_webhook: str
+    gateway: Gateway,
+    op: Operation,
+    admission: Admission,
+    status: int,
+    data: dict | None,
+    client_webhook: str,
+    push_choice: str | None = None,
 ) -> None:
     ledger = gateway.ledger
     if op.kind is OpKind.RUN:
@@ -185,6 +200,8 @@ async def _settle(
         await ledger.abandon(admission)
         return
     try:
+        if push_choice is not None:  # before the record: a completion applied from then on reads it
+            await gateway.store.set_push_choice(request_id, push_choice)
         early = await ledger.commit(admission, op, request_id, client_webhook)
     except BaseException:
         # Not recorded (as far as we can know): the admission is still ours to give back.

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -28,7 +28,7 @@ from app.errors import GatewayError, UpstreamUnavailable
 from app.fal.upstream import UpstreamClient
 from app.pipeline.operations import FrontDoor, Operation, OpKind
 from app.relay.bus import EventBus
-from app.store import Completion, Delivery, DeliveryState, Event, RequestState, Store
+from app.store import Completion, Delivery, DeliveryState, Event, RequestRecord, RequestState, Store
 
 log = logging.getLogger("falgate.completions")
 
@@ -49,8 +49,15 @@ class Completions:
     """Turns a completion, whoever learned of it, into one stored result and everything that follows."""
 
     def __init__(
-        self, store: Store, bus: EventBus, ledger: Ledger, upstream: UpstreamClient, wake_outbox: Callable[[], None]
+        self,
+        store: Store,
+        bus: EventBus,
+        ledger: Ledger,
+        upstream: UpstreamClient,
+        wake_outbox: Callable[[], None],
+        queue_push: Callable[[Completion, RequestRecord], Awaitable[None]] | None = None,
     ) -> None:
+        self._queue_push = queue_push  # app/relay/push: one outbox delivery per device of the caller
         self._store = store
         self._bus = bus
         self._ledger = ledger
@@ -81,6 +88,8 @@ class Completions:
         record = await self._store.get_request(request_id)
         if record is not None and record.client_webhook:
             await self._queue_client_webhook(completion, record.caller_id, record.client_webhook)
+        if record is not None and self._queue_push is not None:
+            await self._queue_push(completion, record)
 
     async def publish(self, request_id: str, kind: str, data: dict, *, terminal: bool = False) -> Event | None:
         event = await self._store.append_event(request_id, kind, data, terminal=terminal)

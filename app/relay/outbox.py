@@ -4,6 +4,10 @@ Deliveries live in the store, so a restart loses none; each attempt first claims
 lease, so two replicas never send the same one at once; a 2xx marks it delivered and it is never sent
 again unless the caller asks for a redelivery. Each attempt is signed afresh (Standard Webhooks)
 with the delivery id as `webhook-id`, stable across retries, so receivers can deduplicate.
+
+Push notifications (app/relay/push/) are deliveries too, with a `push:<device id>` url: the same lease,
+schedule and listing, but sent by the device's push service sender, honouring its Retry-After, and
+given up at once when retrying cannot help (a dead token, a 4xx).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pydantic import SecretStr
 
 from app.ops.metrics import Metrics
 from app.relay.client_webhooks import WebhookSender, next_delay, sign
+from app.relay.push.dispatch import Push, is_push
 from app.store import Delivery, Store
 
 log = logging.getLogger("falgate.outbox")
@@ -27,9 +32,17 @@ _IDLE_SECONDS = 1.0
 
 class Outbox:
     def __init__(
-        self, store: Store, metrics: Metrics, *, secret: SecretStr | None, allow_private: bool, retry_scale: float
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        secret: SecretStr | None,
+        allow_private: bool,
+        retry_scale: float,
+        push: Push | None = None,
     ) -> None:
         self._store = store
+        self._push = push
         self._metrics = metrics
         self._secret = secret
         self._retry_scale = retry_scale
@@ -54,6 +67,8 @@ class Outbox:
             with contextlib.suppress(BaseException):
                 await self._task
         await self._sender.aclose()
+        if self._push is not None:
+            await self._push.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -75,12 +90,18 @@ class Outbox:
         return bool(claimed)
 
     async def _attempt(self, delivery: Delivery) -> None:
-        secret = self._secret
-        assert secret is not None, "client webhooks are refused at submit without a secret"
-        headers = sign(secret.get_secret_value(), delivery.delivery_id, int(time.time()), delivery.body)
-        result = await self._sender.send(delivery.url, headers, delivery.body)
-        retry_in = None if result.ok else next_delay(delivery.attempts + 1)
-        next_at = None if retry_in is None else time.time() + retry_in * self._retry_scale
+        # Push deliveries (app/relay/push/) share the outbox: only the sending differs.
+        if is_push(delivery) and self._push is not None:
+            result = await self._push.attempt(delivery)
+            give_up, wait_at_least = result.permanent, result.retry_after or 0.0
+        else:
+            secret = self._secret
+            assert secret is not None, "client webhooks are refused at submit without a secret"
+            headers = sign(secret.get_secret_value(), delivery.delivery_id, int(time.time()), delivery.body)
+            result = await self._sender.send(delivery.url, headers, delivery.body)
+            give_up, wait_at_least = False, 0.0
+        retry_in = None if result.ok or give_up else next_delay(delivery.attempts + 1)
+        next_at = None if retry_in is None else time.time() + max(retry_in * self._retry_scale, wait_at_least)
         await self._store.record_attempt(
             delivery.delivery_id,
             ok=result.ok,
@@ -94,7 +115,7 @@ class Outbox:
         if next_at is not None:
             self._metrics.delivery_retries.inc()
         log.info(
-            "client webhook attempt",
+            "push attempt" if is_push(delivery) else "client webhook attempt",
             extra={
                 "fields": {
                     "delivery_id": delivery.delivery_id,

@@ -47,6 +47,7 @@ from app.store.base import (
     from_micros,
     to_micros,
 )
+from app.store.redis_devices import RedisDevices
 from app.store.redis_events import RedisRelay, completion_from_json
 from app.store.redis_pool import UNAVAILABLE_ERRORS, redis_client
 
@@ -186,7 +187,7 @@ def _record_to_hash(record: RequestRecord) -> dict[FieldT, EncodableT]:
     }
 
 
-class RedisStore(RedisRelay, Store):
+class RedisStore(RedisRelay, RedisDevices, Store):
     def __init__(self, redis: str | aioredis.ConnectionPool, *, prefix: str = DEFAULT_PREFIX) -> None:
         """`redis`: the process's shared pool (left open by `close`), or a URL for a pool of the store's own."""
         self._prefix = prefix
@@ -204,6 +205,7 @@ class RedisStore(RedisRelay, Store):
         self._idem_complete = register(_IDEM_COMPLETE)
         self._idem_abort = register(_IDEM_ABORT)
         self._register_relay_scripts()
+        self._register_device_scripts()
 
     def _key(self, kind: str, *parts: str) -> str:
         return self._prefix + kind + "".join(":" + quote(part, safe="") for part in parts)

@@ -45,6 +45,7 @@ from app.store.base import (
     to_micros,
 )
 from app.store.sqlite_checkpoint import Checkpointer
+from app.store.sqlite_devices import SQLiteDevices
 from app.store.sqlite_events import SQLiteRelay, prune_batch, request_record
 from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
 from app.store.sqlite_worker import Worker
@@ -123,7 +124,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
-class SQLiteStore(SQLiteRelay, Store):
+class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
     def __init__(self, path: str) -> None:
         self._path = path
         if path != ":memory:":

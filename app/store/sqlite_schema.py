@@ -7,6 +7,7 @@ runs them inside BEGIN IMMEDIATE, so two processes opening a fresh file never bo
 from __future__ import annotations
 
 from app.store.base import TERMINAL_STATES
+from app.store.sqlite_devices import DEVICES_MIGRATION
 
 TERMINAL_SQL = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES))
 
@@ -92,4 +93,5 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS event_logs_by_age ON event_logs (updated_at)",
         "CREATE INDEX IF NOT EXISTS deliveries_settled ON deliveries (updated_at) WHERE state != 'pending'",
     ),
+    DEVICES_MIGRATION,  # push devices (app/store/sqlite_devices.py)
 )

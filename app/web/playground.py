@@ -51,10 +51,10 @@ def _asset(name: str) -> bytes:
     return files("app.web").joinpath("static", name).read_bytes()
 
 
-def _serve(request: Request, ext: Literal["html", "js", "css"]) -> Response:
+def _serve(request: Request, ext: Literal["html", "js", "css"], name: str = "playground") -> Response:
     if not playground_enabled(request.app.state.gateway.settings):
         raise NotFound("Not Found")
-    return Response(_asset(f"playground.{ext}"), media_type=_MEDIA_TYPES[ext], headers=_HEADERS)
+    return Response(_asset(f"{name}.{ext}"), media_type=_MEDIA_TYPES[ext], headers=_HEADERS)
 
 
 @router.get("/")
@@ -70,3 +70,14 @@ async def script(request: Request) -> Response:
 @router.get("/static/playground.css")
 async def stylesheet(request: Request) -> Response:
     return _serve(request, "css")
+
+
+@router.get("/static/notify.js")
+async def notify_script(request: Request) -> Response:
+    return _serve(request, "js", "notify")
+
+
+@router.get("/sw.js")
+async def service_worker(request: Request) -> Response:
+    # At the root: a service worker controls only the paths below its own, and notifications need none.
+    return _serve(request, "js", "sw")
