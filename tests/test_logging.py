@@ -33,11 +33,15 @@ class _Where:
 
 @pytest.fixture
 def process_logging() -> Iterator[None]:
+    """configure_logging as a gateway process runs it, undone afterwards for the rest of this process."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    flags = {name: getattr(logging, name) for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")}
     yield
     stop_logging()
     root.handlers[:], root.level = saved[0], saved[1]
+    for name, value in flags.items():
+        setattr(logging, name, value)
 
 
 def test_a_log_call_only_enqueues_the_writer_thread_formats(process_logging: None) -> None:
