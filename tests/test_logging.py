@@ -3,10 +3,13 @@ queued line is written before the process exits on SIGTERM, in order, credential
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -50,6 +53,31 @@ def test_a_log_call_only_enqueues_the_writer_thread_formats(process_logging: Non
     logging.getLogger("falgate.test").info("formatted %s", where)
     stop_logging()  # drains the queue
     assert where.threads and threading.main_thread().name not in where.threads, where.threads
+
+
+class _FailsOnce(io.StringIO):
+    """stderr whose first write fails, as a closed or full pipe's would."""
+
+    failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            self.failed = True
+            raise OSError("write failed")
+        return super().write(text)
+
+
+def test_a_failed_write_does_not_end_the_writer(process_logging: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _FailsOnce()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("info", "json")
+    logging.getLogger("falgate.test").info("first")
+    deadline = time.monotonic() + 5
+    while not stream.failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    logging.getLogger("falgate.test").info("second")
+    stop_logging()
+    assert stream.failed and '"msg":"second"' in stream.getvalue(), stream.getvalue()
 
 
 def _sigterm_right_after_requests(server: Server) -> None:

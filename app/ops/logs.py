@@ -151,9 +151,12 @@ class _Writer:
             except Exception:  # noqa: BLE001 - as logging.Handler.emit: report it, lose only this line
                 self.handler.handleError(record)
         if lines:
-            with self.handler.lock:
-                self.handler.stream.write("\n".join(lines) + "\n")
-                self.handler.flush()
+            try:
+                with self.handler.lock:
+                    self.handler.stream.write("\n".join(lines) + "\n")
+                    self.handler.flush()
+            except Exception:  # noqa: BLE001 - a failed write (stderr closed) must not end the writer thread
+                self.handler.handleError(batch[-1])
 
 
 _STOP = object()
@@ -166,8 +169,10 @@ def stop_logging() -> None:
     writer, _writer = _writer, None
     if writer is None:
         return
-    writer.stop()
+    # Writing directly first, then draining: a record another thread logs meanwhile cannot land on a queue
+    # no one reads any more (at worst it is written ahead of the last queued lines).
     logging.getLogger().handlers[:] = [writer.handler]
+    writer.stop()
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
