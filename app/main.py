@@ -30,7 +30,7 @@ from app.gateway import open_gateway
 from app.ops import health
 from app.ops.access import RequestObserver
 from app.ops.cors import cors_options
-from app.ops.logs import configure_process
+from app.ops.logs import configure_process, stop_logging
 from app.ops.metrics import Metrics
 from app.relay import fal_webhook as fal_webhooks
 from app.relay import sinks as events
@@ -129,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if emulator is not None:
                 await emulator.state.emulator.shutdown()
             await gateway.aclose()
+            # Write every queued log line now: after a signal uvicorn re-raises it, and atexit never runs.
+            stop_logging()
 
     metrics = Metrics()
 

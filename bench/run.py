@@ -21,10 +21,10 @@ removed at the end) against falgate from the current working tree, same interpre
 (old, new, old, new, ...) on the falgate front doors and both paths, BENCH_ROUNDS rounds; prints each
 round's req/s and the median new/old ratio per path and front door, with p50/p99. No Express.
 
-Settings (`--settings`, env BENCH_SETTINGS): `bench` (log level warning, no authentication) or `production`
-(falgate's defaults: log level info, FALGATE_AUTH=api_key with a key that every request carries as
-`Authorization: Bearer ...`). Both raise the rate limits and the in-flight cap out of the way. Compare mode
-defaults to `production`, the Express comparison to `bench`.
+Settings (`--settings`, env BENCH_SETTINGS): `production`, the default (falgate's defaults: log level info,
+FALGATE_AUTH=api_key with a key that every request carries as `Authorization: Bearer ...`), so the figures are
+what a deployment gets; or `bench`, the old figures' settings (access log off, no authentication), for
+comparison only. Both raise the rate limits and the in-flight cap out of the way.
 
 Options can also be given as env vars: BENCH_DURATION, BENCH_WARMUP, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_PICK,
 BENCH_TARGETS, BENCH_PATHS, BENCH_COMPARE, BENCH_SETTINGS, BENCH_GATEWAY_CWD, BENCH_TOLERANCE.
@@ -533,16 +533,18 @@ def print_profile(summary: dict, title: str, top: int = 12) -> None:
 
 # --------------------------------------------------------------------------------------------- falgate's settings
 BENCH_CALLER = "bench"
+_QUIET_LOG_LEVEL = "warning"  # the `bench` option's level: the per-request access line (info) is not written
 
 
 @dataclass
 class GatewaySettings:
     """How falgate is configured and called.
 
-    bench:      log level warning, no authentication (anonymous callers allowed), as in the Express comparison.
-    production: falgate's own defaults where they cost time per request: log level info (one access log
+    production: (the default) falgate's own defaults where they cost time per request: log level info (one access log
                 line per request) and FALGATE_AUTH=api_key, the key held as a sha256 entry and sent by the
                 load generator as `Authorization: Bearer <key>`.
+    bench:      the settings of the figures before issue 16, for comparison only: no access log (the level
+                above info) and no authentication (anonymous callers allowed).
     Both raise the rate limits and the in-flight cap out of the way (at the defaults the benchmark would
     measure 429s), and use falgate's default kind of store, a fresh SQLite file per scenario."""
 
@@ -558,7 +560,7 @@ class GatewaySettings:
             digest = hashlib.sha256(self.key.encode()).hexdigest()
             return {"FALGATE_LOG_LEVEL": "info", "FALGATE_AUTH": "api_key",
                     "FALGATE_API_KEYS": f"{BENCH_CALLER}:sha256:{digest}"}
-        return {"FALGATE_LOG_LEVEL": "warning", "FALGATE_AUTH": "none", "FALGATE_ALLOW_ANONYMOUS": "true"}
+        return {"FALGATE_LOG_LEVEL": _QUIET_LOG_LEVEL, "FALGATE_AUTH": "none", "FALGATE_ALLOW_ANONYMOUS": "true"}
 
     def headers(self, target: str) -> dict[str, str]:
         """What a caller of this front door sends besides the request itself (only falgate takes a key)."""
@@ -569,7 +571,7 @@ class GatewaySettings:
     def describe(self) -> str:
         if self.mode == "production":
             return "production settings (log level info, FALGATE_AUTH=api_key, Bearer key on every request)"
-        return "bench settings (log level warning, FALGATE_AUTH=none)"
+        return f"bench settings (log level {_QUIET_LOG_LEVEL}, FALGATE_AUTH=none; not what a deployment gets)"
 
 
 def redacted(headers: dict[str, str]) -> dict[str, str]:
@@ -717,8 +719,8 @@ def main() -> int:
                     help="compare mode: falgate at REV (old, a temporary git worktree) against --gateway-cwd (new), "
                          "alternately, on the falgate front doors; no Express")
     ap.add_argument("--settings", choices=["bench", "production"], default=env("BENCH_SETTINGS") or None,
-                    help="falgate's settings: bench (log level warning, no auth) or production (log level info, "
-                         "api_key auth); default production in compare mode, bench otherwise")
+                    help="falgate's settings: production (the default: log level info, api_key auth) or bench "
+                         "(the old figures' settings: no access log, no auth)")
     ap.add_argument("--tolerance", type=float, default=float(env("BENCH_TOLERANCE", 0.05)),
                     help="compare mode: new may be this much slower than old (median of the per-round ratios)")
     ap.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -727,7 +729,7 @@ def main() -> int:
     args = ap.parse_args()
     compare = bool(args.compare)
     if args.settings is None:
-        args.settings = "production" if compare else "bench"
+        args.settings = "production"
     if args.output is None:
         args.output = str(RESULTS / ("compare-latest.json" if compare else "latest.json"))
     gw = GatewaySettings.of(args.settings)
