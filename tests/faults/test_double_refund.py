@@ -1,0 +1,138 @@
+"""Once the submit is recorded, the stored record owns its slot and budget: no failure after that refunds.
+
+fal's webhook is tried before the submit is answered (the emulator's `early` rule) and applying that
+completion fails half-way: the private Redis refuses the event log's keys (`falgate:ev*`), so the record
+turns terminal but the completion's events cannot be written. The caller's spend must stay exactly what its
+jobs cost (a failed job refunded once, never twice) and its in-flight slots must return to 0; fal's retry,
+once the store accepts the events again, finishes what was missed.
+
+Before the fix, `ledger.commit` returned the early completion, applying it raised, and the handler then
+abandoned the admission the record already owned: a completed job was refunded, a failed one twice. Today
+the webhook receiver also answers 503 for a request not recorded yet (fal retries it after the commit), so
+the same half-failure happens in the receiver instead; either way nothing may be refunded wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from app.relay.client_webhooks import new_secret
+from tests.faults.emulator_controls import FalControls
+from tests.faults.private_redis import PrivateRedis
+from tests.faults.tally import Tally
+from tests.relay_helpers import (
+    KLING,
+    KLING_BODY,
+    Receiver,
+    auth_env,
+    bearer,
+    caller_keys,
+    read_sse,
+    wait_state,
+    webhook_env,
+)
+from tests.servers import Server, start_emulator, start_gateway
+
+# Every key but the event log's (ev:, evlog:): the record, ledger, completion and outbox keys all work.
+_EVENTS_REFUSED = ("~falgate:[^e]*", "~falgate-*")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Server]:
+    server = start_emulator(job_seconds=0.5, FALGATE_EMULATOR_KEEPALIVE_SECONDS="0.05")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fal(emulator: Server) -> Iterator[FalControls]:
+    controls = FalControls(emulator)
+    controls.reset()
+    yield controls
+    controls.reset()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def _acl(admin: redis.Redis, *patterns: str) -> None:
+    # ACL changes apply at once to the gateway's open connections (all of them the default user).
+    admin.execute_command("ACL", "SETUSER", "default", "resetkeys", *patterns)
+
+
+def _second_request(client: httpx.Client, first: str) -> str:
+    """The request recorded after `first` (the caller may not have been told its id, when the submit failed)."""
+    [rid] = [r["request_id"] for r in client.get("/v1/requests").json()["requests"] if r["request_id"] != first]
+    return rid
+
+
+@pytest.mark.parametrize("outcome", ["ok", "failed"])
+def test_a_failure_applying_an_early_completion_refunds_nothing_twice(
+    emulator: Server, fal: FalControls, receiver: Receiver, tally: Tally, private_redis: PrivateRedis, outcome: str
+) -> None:
+    keys = caller_keys("noa")
+    gateway = start_gateway(
+        emulator,
+        FALGATE_STORE_URL=private_redis.url,
+        FALGATE_BUDGET_PER_DAY="100",
+        FALGATE_WEBHOOK_GRACE_SECONDS="0",
+        FALGATE_POLL_INTERVAL_SECONDS="0.3",
+        **auth_env(keys),
+        **webhook_env(new_secret()),
+    )
+    admin = redis.Redis.from_url(private_redis.url)
+    statuses: list[int] = []
+    try:
+        with httpx.Client(base_url=gateway.url, headers=bearer(keys["noa"]), timeout=30) as noa:
+            # A first job, finished normally: it is what a second refund would eat into (spend never goes
+            # below 0, so a double refund of the second job alone would not show).
+            first = noa.post(f"/{KLING}", json=KLING_BODY, params={"fal_webhook": receiver.hook_url})
+            assert first.status_code == 200, first.text
+            receiver.wait_for(1, timeout=10)
+            wait_state(noa, first.json()["request_id"], "COMPLETED", timeout=10)
+            cost = noa.get("/v1/usage").json()["spent"]
+            assert cost > 0, "a budget is set, so a job costs something"
+
+            _acl(admin, *_EVENTS_REFUSED)
+            fal.webhook_rule("early")
+            body = {**KLING_BODY, "prompt": "[fail] a cat"} if outcome == "failed" else KLING_BODY
+            answer = noa.post(f"/{KLING}", json=body, params={"fal_webhook": receiver.hook_url})
+            statuses.append(answer.status_code)
+            time.sleep(1.0)  # fal's quick retries of the webhook fail the same way
+            _acl(admin, "~*")
+
+            rid = _second_request(noa, first.json()["request_id"])
+            assert fal.send_webhook(rid), "fal's later retry of the webhook was refused"
+            final = "FAILED" if outcome == "failed" else "COMPLETED"
+            wait_state(noa, rid, final, timeout=10)
+            receiver.wait_for(2, timeout=10)
+            read = read_sse(gateway.url, f"/v1/requests/{rid}/events", headers=bearer(keys["noa"]), deadline=5)
+            statuses.append(read.status)
+            time.sleep(0.5)
+            usage = noa.get("/v1/usage").json()
+            expected = cost if outcome == "failed" else 2 * cost  # a failed job costs nothing, once
+            bodies = [json.loads(r.body) for r in receiver.received if json.loads(r.body)["request_id"] == rid]
+            tally.record(
+                "store",
+                results_lost=int(not bodies) + int(read.kinds[-1:] not in (["completed"], ["error"])),
+                double_deliveries=max(0, len(bodies) - 1),
+                wrong_refunds=int(abs(usage["spent"] - expected) > 1e-9) + int(usage["inflight"] != 0),
+                undocumented_5xx=tally.undocumented_5xx(statuses),
+            )
+            assert usage["spent"] == pytest.approx(expected), f"spent {usage['spent']}, one job's cost is {cost}"
+            assert usage["inflight"] == 0, usage
+            assert answer.status_code == 200, f"fal took the job, yet the caller got {answer.status_code}"
+            assert len(bodies) == 1 and bodies[0]["status"] == ("ERROR" if outcome == "failed" else "OK"), bodies
+    finally:
+        _acl(admin, "~*")
+        gateway.stop()
