@@ -63,6 +63,8 @@ class Job:
     created_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     version: int = 0
+    # Set once an EARLY rule's first webhook attempt has been answered: the submit waits for it.
+    early_webhook_tried: asyncio.Event | None = field(default=None, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _cancel: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -99,6 +101,9 @@ async def submit(model_id: str, request: Request) -> Response:
     job = await _submit(request, model_id, request.query_params.get("fal_webhook") or None)
     if isinstance(job, Response):
         return job
+    if job.early_webhook_tried is not None:  # an EARLY rule: the webhook's first attempt comes first
+        with contextlib.suppress(TimeoutError):  # bounded: one attempt never takes longer than its timeout
+            await asyncio.wait_for(job.early_webhook_tried.wait(), runtime_of(request).config.webhook_timeout + 1)
     return JSONResponse(job.submit_body(), headers={"x-fal-request-id": job.request_id})
 
 

@@ -92,8 +92,11 @@ class EmulatorRuntime:
         self.jobs.add(job)
         on_finish = self._on_finish
         if webhook_url and self.control.take_webhook_rule(job.request_id, WebhookAction.EARLY) is not None:
-            # Sent now, while the submit is still being answered; the finish then sends nothing.
-            self.spawn(deliver_webhook(self.client, self.signer, self.config, self.control, job, early_webhook_body(job)))
+            # Sent now; the submit is answered only once the first attempt was (the route waits for
+            # `early_webhook_tried`), so the webhook really comes first. The finish then sends nothing.
+            job.early_webhook_tried = asyncio.Event()
+            body = early_webhook_body(job)
+            self.spawn(deliver_webhook(self.client, self.signer, self.config, self.control, job, body))
             on_finish = _no_webhook
         self.spawn(run_job(job, self.config.job_seconds, on_finish))
         return job

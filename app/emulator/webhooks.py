@@ -73,6 +73,9 @@ async def deliver_webhook(
         except httpx.HTTPError as exc:
             control.record_webhook(url, job.request_id, attempt, None, f"{type(exc).__name__}: {exc}")
             continue
+        finally:
+            if job.early_webhook_tried is not None:
+                job.early_webhook_tried.set()
         control.record_webhook(url, job.request_id, attempt, response.status_code, None)
         if 200 <= response.status_code < 300:
             return True
