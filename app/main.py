@@ -124,13 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # In-flight HTTP requests are done or cancelled by now (uvicorn drains them first, up to the
             # grace); submits fal may be running still get their answer recorded. Then send what is due.
-            await gateway.drain()
-            await gateway.outbox.flush(time.monotonic() + min(5.0, settings.shutdown_grace_seconds / 2))
-            if emulator is not None:
-                await emulator.state.emulator.shutdown()
-            await gateway.aclose()
-            # Write every queued log line now: after a signal uvicorn re-raises it, and atexit never runs.
-            stop_logging()
+            try:
+                await gateway.drain()
+                await gateway.outbox.flush(time.monotonic() + min(5.0, settings.shutdown_grace_seconds / 2))
+                if emulator is not None:
+                    await emulator.state.emulator.shutdown()
+                await gateway.aclose()
+            finally:
+                # Write every queued log line now (a failed close included: its traceback is one of them):
+                # after a signal uvicorn re-raises it, and atexit never runs.
+                stop_logging()
 
     metrics = Metrics()
 

@@ -108,8 +108,8 @@ def make_png(width: int, height: int, seed: int) -> bytes:
     [
         ({"upstream": "emulator"}, True),
         ({"upstream": "emulator", "playground": False}, False),
-        ({"fal_key": "k:s", "allow_anonymous": True}, False),
-        ({"fal_key": "k:s", "allow_anonymous": True, "playground": True}, True),
+        ({"fal_key": "k:s", "allow_anonymous": True, "public_url": "https://falgate.example.com"}, False),
+        ({"fal_key": "k:s", "allow_anonymous": True, "public_url": "https://falgate.example.com", "playground": True}, True),
     ],
 )
 def test_playground_enabled(settings: dict[str, Any], expected: bool) -> None:

@@ -26,7 +26,7 @@ from app.pipeline.rewrite import json_body, relay
 from app.relay.client_webhooks import TargetRefused, validate_target_url
 from app.relay.completions import completion_from_result
 from app.relay.readers import fal_status_stream
-from app.store import RequestState, StoreUnavailable
+from app.store import RequestState
 
 _BODY_KINDS = SPENDING_KINDS | {OpKind.UPLOAD_INITIATE, OpKind.TOKEN}
 
@@ -212,10 +212,13 @@ async def _settle(
     if early is not None:  # fal's webhook arrived before we had recorded the request
         try:
             await gateway.completions.apply(early)
-        except (GatewayError, StoreUnavailable):
-            # fal took the job and it is recorded: the caller gets its request id. The completion is
-            # stored, and the poller finds the request still open and finishes it.
-            log.warning("applying an early completion failed", extra={"fields": {"request_id": request_id}})
+        except Exception:
+            # fal took the job and it is recorded: the caller gets its request id whatever went wrong here
+            # (a 500 would invite a retry that submits the job twice). The completion is stored, and the
+            # poller finds the request still open and finishes it.
+            log.warning(
+                "applying an early completion failed", exc_info=True, extra={"fields": {"request_id": request_id}}
+            )
 
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
