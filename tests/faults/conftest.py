@@ -7,8 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.emulator_controls import FalControls
 from tests.faults.private_redis import PrivateRedis
 from tests.faults.tally import TALLY, Tally
+from tests.relay_helpers import Receiver
+from tests.servers import Server
 
 
 @pytest.fixture
@@ -23,3 +26,20 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def fal(emulator: Server) -> Iterator[FalControls]:
+    """The emulator's fault and webhook controls, reset around each test (a leftover rule would leak)."""
+    controls = FalControls(emulator)
+    controls.reset()
+    yield controls
+    controls.reset()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A caller's webhook receiver (Standard Webhooks verified), which tests may take down and bring back."""
+    server = Receiver()
+    yield server
+    server.close()

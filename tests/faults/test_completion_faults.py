@@ -42,21 +42,6 @@ def emulator() -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture
-def fal(emulator: Server) -> Iterator[FalControls]:
-    controls = FalControls(emulator)
-    controls.reset()
-    yield controls
-    controls.reset()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
 def _bodies(receiver: Receiver) -> list[dict]:
     return [json.loads(r.body) for r in receiver.received]
 

@@ -97,21 +97,6 @@ def emulator() -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture
-def fal(emulator: Server) -> Iterator[FalControls]:
-    controls = FalControls(emulator)
-    controls.reset()
-    yield controls
-    controls.reset()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
 def _second_request(client: httpx.Client, first: str) -> str:
     """The request recorded after `first` (the caller may not have been told its id, when the submit failed)."""
     [rid] = [r["request_id"] for r in client.get("/v1/requests").json()["requests"] if r["request_id"] != first]

@@ -45,21 +45,6 @@ def emulator() -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture
-def fal(emulator: Server) -> Iterator[FalControls]:
-    controls = FalControls(emulator)
-    controls.reset()
-    yield controls
-    controls.reset()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
 @pytest.fixture(scope="module")
 def signer() -> WebhookSigner:
     return WebhookSigner()
@@ -148,7 +133,7 @@ def test_duplicated_and_early_webhooks_are_relayed_once(
             usage = mo.get("/v1/usage").json()
             bodies = [json.loads(r.body) for r in receiver.received]
             tally.record(
-                f"{action} webhooks",
+                "duplicated webhooks" if action == "duplicate" else "early webhooks",
                 results_lost=int(not bodies or bodies[0]["status"] != "OK"),
                 double_deliveries=max(0, len(bodies) - 1),
                 wrong_refunds=int(usage["spent"] != spent),
