@@ -3,7 +3,9 @@
 # Exactly what the suites use:
 #   - Debian's chromium at /usr/bin/chromium (tests/test_playground.py launches that path, no other);
 #   - nginx on PATH or at /usr/sbin/nginx (tests/test_deploy.py's two-replica topology);
-#   - a Redis answering at 127.0.0.1:6379 (store, bus, callers and deploy suites; dbs 12, 13, 15).
+#   - a Redis answering at 127.0.0.1:6379 (store, bus, callers and deploy suites; dbs 11-15), or at
+#     FALGATE_TEST_REDIS (host:port);
+#   - redis-server on PATH: tests/faults/ starts Redis servers of its own, which it kills and freezes.
 # As root it installs what is missing (one apt-get update, then apt-get install) and starts Redis if none
 # answers. As anyone else it starts Redis if redis-server is installed, and otherwise stops with one message
 # naming what is missing and the command that installs it, before pytest runs. Nothing missing: no apt-get,
@@ -15,8 +17,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 CHROMIUM=/usr/bin/chromium
-REDIS_HOST=127.0.0.1
-REDIS_PORT=6379
+REDIS_ADDRESS=${FALGATE_TEST_REDIS:-127.0.0.1:6379}
+REDIS_HOST=${REDIS_ADDRESS%:*}
+REDIS_PORT=${REDIS_ADDRESS##*:}
 
 say() { printf 'setup-system: %s\n' "$*" >&2; }
 
@@ -51,9 +54,8 @@ fi
 packages=()
 [[ -x $CHROMIUM ]] || packages+=(chromium)
 have_nginx || packages+=(nginx)
-if ! redis_answers && ! have redis-server; then
-  packages+=(redis-server redis-tools)
-fi
+# redis-server itself even when a Redis already answers: the fault suite starts private ones to kill and freeze.
+have redis-server || packages+=(redis-server redis-tools)
 # Debian's python3 makes venvs only with python3-venv (ensurepip); needed only while there is no .venv yet.
 if [[ ! -x $VENV/bin/python ]] && ! "$PYTHON" -m ensurepip --version >/dev/null 2>&1 \
    && [[ $(readlink -f "$(command -v "$PYTHON")") == /usr/bin/python3* ]]; then
