@@ -175,6 +175,20 @@ def stop_logging() -> None:
     writer.stop()
 
 
+class _RefusedHandshakeIsNotAnError(logging.Filter):
+    """uvicorn logs every refused WebSocket handshake (our 401/403/429 denial response) at error level:
+    "ASGI callable returned without completing handshake." Any anonymous client could fill the error
+    log with it, so it is demoted to info; the refusal itself is logged by us at info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().startswith("ASGI callable returned without"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_REFUSED_HANDSHAKE_FILTER = _RefusedHandshakeIsNotAnError()
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     stop_logging()
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -199,6 +213,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
         logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.getLogger("uvicorn.error").addFilter(_REFUSED_HANDSHAKE_FILTER)  # the same instance: added once
     # The access line is app.ops.access's (route template, never the raw URL). uvicorn writes its own only
     # when this logger has a handler somewhere, so leave it none, whichever way uvicorn was started.
     uvicorn_access = logging.getLogger("uvicorn.access")

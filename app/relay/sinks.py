@@ -27,20 +27,6 @@ from app.store import Event
 
 log = logging.getLogger("falgate.sinks")
 
-
-class _RefusedHandshakeIsNotAnError(logging.Filter):
-    """uvicorn logs every refused WebSocket handshake (our 401/403/429 denial response) at error level:
-    "ASGI callable returned without completing handshake." Any anonymous client could fill the error
-    log with it, so it is demoted to info; the refusal itself is logged by us at info."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and record.getMessage().startswith("ASGI callable returned without"):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-logging.getLogger("uvicorn.error").addFilter(_RefusedHandshakeIsNotAnError())
-
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
