@@ -22,6 +22,7 @@ from app.pipeline.operations import (
     FrontDoor,
     Operation,
     OpKind,
+    dry_run_param,
     per_request_operation,
     spending_operation,
     supported_models_error,
@@ -34,7 +35,10 @@ _PER_REQUEST_PATH = re.compile(rf"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?
 
 def _submit_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
     (model_id,) = found
-    return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
+    # `dry_run`, not `fal_dry_run`: the fal_ prefix is fal's own query namespace (fal_webhook,
+    # fal_max_queue_length), and this parameter never reaches fal; it sits beside our other own ones (push).
+    dry_run = dry_run_param(query.get("dry_run"))
+    return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"), dry_run=dry_run)
 
 
 def _per_request_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
