@@ -93,7 +93,10 @@ def openapi_paths() -> dict[str, dict[str, Any]]:
                 "tags": [TAG],
                 "summary": f"Submit to {spec.title}",
                 "operationId": f"submit_{spec.slug.replace('-', '_').replace('.', '_').replace('/', '_')}",
-                "parameters": [_query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there.")],
+                "parameters": [
+                    _query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there."),
+                    _query("dry_run", "1 to validate and quote the body (as POST /v1/quote) without sending it"),
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                 "responses": _responses("fal's queue answer: request_id and the URLs to poll"),
             }
