@@ -4,10 +4,12 @@ it, without reaching fal; every spending call carries X-Fal-Tags with the caller
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -76,6 +78,43 @@ def test_quote_equals_the_reservation(keyed: Server, upstream: Upstream, model_i
         assert record["estimated_cost"] == quote["cost"]
         again = client.post(f"/v1/quote/{model_id}", json=body).json()
         assert again["remaining"] == pytest.approx(BUDGET - spent_after)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VEO3 = "fal-ai/veo3/fast/image-to-video"  # configured (FALGATE_MODELS), judged by fal's own document
+KLING_TURBO = "fal-ai/kling-video/v2.5-turbo/pro/image-to-video"  # configured, no price rule: one unit
+FILE = "https://storage.googleapis.com/falserverless/example_inputs/veo3-i2v-input.png"
+
+
+def test_quote_of_configured_models(emulator: Server, upstream: Upstream) -> None:
+    rules = {VEO3: {"kind": "per_second", "field": "duration", "default": "8s"}}
+    server = start_gateway(
+        emulator,
+        FALGATE_AUTH="api_key",
+        FALGATE_API_KEYS=f"{CALLER}-configured:{KEY}",
+        FALGATE_BUDGET_PER_DAY=str(BUDGET),
+        FALGATE_MODELS=f"{VEO3},{KLING_TURBO}",
+        FALGATE_MODEL_SCHEMA_DIR=str(FIXTURES / "openapi"),
+        FALGATE_PRICES=json.dumps({VEO3: 0.15, KLING_TURBO: 0.3}),
+        FALGATE_PRICE_RULES=json.dumps(rules),
+    )
+    try:
+        with _client(server) as client:
+            for model_id, body, units in [
+                (VEO3, {"prompt": "p", "image_url": FILE, "duration": "6s"}, 6.0),
+                (KLING_TURBO, {"prompt": "p", "image_url": FILE}, 1.0),
+            ]:
+                spent = client.get("/v1/usage").json()["spent"]
+                upstream.clear()
+                quote = client.post(f"/v1/quote/{model_id}", json=body).json()
+                assert quote["units"] == units and _submits(upstream) == [], quote
+                assert client.post(f"/{model_id}", json=body).status_code == 200
+                assert client.get("/v1/usage").json()["spent"] - spent == pytest.approx(quote["cost"])
+            bad = {"prompt": "p", "image_url": FILE, "duration": "7s"}
+            quoted, submitted = client.post(f"/v1/quote/{VEO3}", json=bad), client.post(f"/{VEO3}", json=bad)
+            assert quoted.status_code == submitted.status_code == 422 and quoted.json() == submitted.json()
+    finally:
+        server.stop()
 
 
 def test_an_invalid_body_gets_the_submits_422_and_reaches_nobody(keyed: Server, upstream: Upstream) -> None:
