@@ -35,7 +35,7 @@ from app.ops.metrics import Metrics
 from app.relay import fal_webhook as fal_webhooks
 from app.relay import sinks as events
 from app.settings import EMULATOR_MOUNT, Settings
-from app.web import callers, catalog, deliveries, devices, playground, storage
+from app.web import callers, catalog, deliveries, devices, playground, quote, storage
 
 log = logging.getLogger("falgate")
 
@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(callers.router)
+    app.include_router(quote.router)
     app.include_router(events.router)
     app.include_router(fal_webhooks.router)
     app.include_router(deliveries.router)

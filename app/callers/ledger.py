@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from app.callers.authenticator import Caller
-from app.catalog.spec import estimate_cost
+from app.catalog.spec import estimate_cost, unit_price
 from app.errors import NotFound, PaymentRequired, TooManyRequests
 from app.pipeline.operations import SPENDING_KINDS, Operation
 from app.settings import Settings
@@ -109,6 +109,24 @@ class Ledger:
                     limit="inflight",
                 )
         return Admission(caller.id, cost, day, slot)
+
+    async def quote(self, caller: Caller, op: Operation, payload: Mapping) -> dict:
+        """What `admit` would reserve for this body, and what the caller has left today; nothing held."""
+        assert op.model is not None
+        spec = op.model
+        budget = self._settings.budget_per_day
+        remaining = None
+        if budget is not None:
+            remaining = round(max(0.0, budget - await self._store.spent(caller.id, today())), 6)
+        return {
+            "model_id": spec.model_id,
+            "units": spec.billing.units(payload),
+            "unit": spec.billing.unit,
+            "unit_price": unit_price(spec, self._prices),
+            "cost": estimate_cost(spec, payload, self._prices),  # the very figure admit reserves
+            "currency": "USD",
+            "remaining": remaining,
+        }
 
     async def commit(
         self, admission: Admission, op: Operation, request_id: str, client_webhook: str = ""

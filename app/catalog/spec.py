@@ -64,9 +64,14 @@ class ValidationLimits:
     file_urls: FileUrlPolicy = FileUrlPolicy()  # which hosts http(s) file URLs may name
 
 
-def estimate_cost(spec: ModelSpec, body: Mapping[str, Any], prices: PriceTable) -> float:
-    """Estimated USD cost of one request, rounded to 6 decimals. Slugs missing from `prices` use the defaults."""
+def unit_price(spec: ModelSpec, prices: PriceTable) -> float:
+    """USD per billing unit of a model. Slugs missing from `prices` use the defaults."""
     price = prices.get(spec.slug)
     if price is None:
         price = DEFAULT_PRICES[spec.slug] if spec.unit_price is None else spec.unit_price
-    return round(price * spec.billing.units(body), 6)
+    return price
+
+
+def estimate_cost(spec: ModelSpec, body: Mapping[str, Any], prices: PriceTable) -> float:
+    """Estimated USD cost of one request, rounded to 6 decimals: what the ledger reserves and a quote shows."""
+    return round(unit_price(spec, prices) * spec.billing.units(body), 6)

@@ -22,6 +22,7 @@ from app.pipeline.operations import (
     FrontDoor,
     Operation,
     OpKind,
+    dry_run_param,
     per_request_operation,
     spending_operation,
     supported_models_error,
@@ -34,7 +35,10 @@ _PER_REQUEST_PATH = re.compile(rf"^/(?P<app>.+)/requests/(?P<request_id>[^/]+)(?
 
 def _submit_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
     (model_id,) = found
-    return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"))
+    # `dry_run`, not `fal_dry_run`: the fal_ prefix is fal's own query namespace (fal_webhook,
+    # fal_max_queue_length), and this parameter never reaches fal; it sits beside our other own ones (push).
+    dry_run = dry_run_param(query.get("dry_run"))
+    return spending_operation(OpKind.SUBMIT, FrontDoor.REST, model_id, query.get("fal_webhook"), dry_run=dry_run)
 
 
 def _per_request_operation(request: Request, query: Mapping[str, str], found: tuple) -> Operation:
@@ -89,7 +93,10 @@ def openapi_paths() -> dict[str, dict[str, Any]]:
                 "tags": [TAG],
                 "summary": f"Submit to {spec.title}",
                 "operationId": f"submit_{spec.slug.replace('-', '_').replace('.', '_').replace('/', '_')}",
-                "parameters": [_query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there.")],
+                "parameters": [
+                    _query("fal_webhook", "Your own webhook URL; the gateway delivers the verified result there."),
+                    _query("dry_run", "1 to validate and quote the body (as POST /v1/quote) without sending it"),
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                 "responses": _responses("fal's queue answer: request_id and the URLs to poll"),
             }

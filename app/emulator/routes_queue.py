@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -26,10 +27,32 @@ def _find(request: Request, app_id: str, request_id: str) -> Job | None:
     return runtime_of(request).jobs.find(app_id, request_id)
 
 
+_TAG_KEY = re.compile(r"[a-z0-9._-]+")
+
+
+def _tags_refusal(raw: str | None) -> Response | None:
+    """fal's documented X-Fal-Tags rules, written out on their own (not the gateway's code checking itself)."""
+    if raw is None:
+        return None
+    pairs = [item.strip().partition("=") for item in raw.split(",")]
+    broken = (
+        len(raw.encode()) > 1024
+        or len(pairs) > 10
+        or any(not sep or not key or not _TAG_KEY.fullmatch(key) or key.startswith("fal.") for key, sep, _ in pairs)
+    )
+    if not broken:
+        return None
+    detail = [{"loc": ["header", "x-fal-tags"], "msg": "Invalid X-Fal-Tags", "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 async def _submit(request: Request, model_id: str, webhook_url: str | None) -> Job | Response:
     app_id = app_id_of(model_id)
     if app_id is None:
         return JSONResponse({"detail": "Application not found"}, status_code=404)
+    refused = _tags_refusal(request.headers.get("x-fal-tags"))
+    if refused is not None:
+        return refused
     body = await read_json_object(request)
     if isinstance(body, Response):
         return body

@@ -27,7 +27,7 @@ from pyreqwest.response import Response
 
 from app.errors import UpstreamTimeout, UpstreamUnavailable
 from app.ops.metrics import Metrics
-from app.pipeline.operations import READ_KINDS, Operation, OpKind
+from app.pipeline.operations import READ_KINDS, SPENDING_KINDS, Operation, OpKind
 from app.settings import Settings
 
 log = logging.getLogger("falgate.upstream")
@@ -155,8 +155,10 @@ class UpstreamClient:
         }[op.kind]
         return UpstreamCall(method, url, op.params, timeout)
 
-    def headers(self, caller_headers: Mapping[str, str], has_body: bool) -> dict[str, str]:
+    def headers(self, caller_headers: Mapping[str, str], has_body: bool, tags: str | None = None) -> dict[str, str]:
         out = {k: v for k, v in caller_headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
+        if tags is not None:  # built by app/fal/tags.py: never the caller's header as sent
+            out["x-fal-tags"] = tags
         out["authorization"] = self._auth
         out["accept-encoding"] = "identity"  # bodies are relayed and sometimes rewritten: keep them plain
         if has_body:
@@ -164,12 +166,21 @@ class UpstreamClient:
         return out
 
     async def send(
-        self, op: Operation, caller_headers: Mapping[str, str], body: bytes | None = None, *, stream: bool = False
+        self,
+        op: Operation,
+        caller_headers: Mapping[str, str],
+        body: bytes | None = None,
+        *,
+        stream: bool = False,
+        tags: str | None = None,
     ) -> UpstreamResponse:
-        """Send the operation upstream. With stream=True the caller must `aclose()` the response."""
+        """Send the operation upstream. With stream=True the caller must `aclose()` the response.
+
+        `tags` (the X-Fal-Tags value) goes only on the calls fal bills, submits and sync runs: the
+        attribution belongs to the job, and the header on a status poll would be noise."""
         call = self.plan(op)
         url = _url(call)
-        headers = self.headers(caller_headers, body is not None)
+        headers = self.headers(caller_headers, body is not None, tags if op.kind in SPENDING_KINDS else None)
         attempts = 1 + self._settings.read_retries
         for attempt in range(attempts):
             started = time.perf_counter()

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from app.callers import idempotency
 from app.callers.authenticator import Caller
@@ -18,6 +18,7 @@ from app.callers.ledger import Admission
 from app.callers.ratelimit import operation_class
 from app.catalog.validation import parse_body, validate_input
 from app.errors import BadRequest, GatewayError, InvalidInput, PayloadTooLarge
+from app.fal import tags as tag_rules
 from app.fal.storage import initiate_body
 from app.gateway import Gateway
 from app.ops.access import note
@@ -37,7 +38,8 @@ async def handle(gateway: Gateway, op: Operation, request: Request) -> Response:
     note(request.scope, operation=op.kind.value, door=op.door.value, model=_model_label(op), request_id=op.request_id)
     caller = await gateway.auth.authenticate(request)
     note(request.scope, caller_id=caller.id)
-    verdict = await gateway.limiter.hit(caller.id, operation_class(op.kind))
+    # A dry run is a read: it sends nothing and holds nothing, like POST /v1/quote.
+    verdict = await gateway.limiter.hit(caller.id, "read" if op.dry_run else operation_class(op.kind))
     if op.kind in PER_REQUEST_KINDS:
         assert op.request_id is not None
         await gateway.ledger.owned(caller, op.request_id, op.app_id)
@@ -91,6 +93,9 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     """Submit or sync run: validated, idempotent, paid for, and recorded against the caller."""
     payload, body = parse_input(gateway, op, body)
     client_webhook = _client_webhook(gateway, op)
+    tags = _fal_tags(caller, request)
+    if op.dry_run:  # checked exactly like a submit up to here; answered with what admit would reserve
+        return JSONResponse(await gateway.ledger.quote(caller, op, payload))
     # ?push=0 / ?push_device=ID (app/relay/push/), stored with the request when it is recorded.
     push_choice = await gateway.push.choice_for(caller.id, request.query_params) if op.kind is OpKind.SUBMIT else None
     if op.kind is OpKind.SUBMIT:
@@ -110,7 +115,7 @@ async def _spend(gateway: Gateway, caller: Caller, op: Operation, request: Reque
     # From here fal may get the bytes: fal's answer is awaited and recorded even if this request is
     # cancelled (a shutdown's grace ran out, the client left). The call settles its own admission and
     # idempotency key, so a retry with the same key replays the answer rather than submitting again.
-    call = _send_and_record(gateway, caller, op, request, body, admission, client_webhook, key, push_choice)
+    call = _send_and_record(gateway, caller, op, request, body, admission, client_webhook, key, push_choice, tags)
     return await gateway.shielded.run(call)
 
 
@@ -124,9 +129,10 @@ async def _send_and_record(
     client_webhook: str,
     key: str | None,
     push_choice: str | None,
+    tags: str,
 ) -> Response:
     try:
-        response = await _send_and_settle(gateway, op, request, body, admission, client_webhook, push_choice)
+        response = await _send_and_settle(gateway, op, request, body, admission, client_webhook, push_choice, tags)
     except BaseException:
         if key is not None:
             await gateway.idempotency.abort(caller.id, key)
@@ -147,9 +153,10 @@ async def _send_and_settle(
     admission: Admission,
     client_webhook: str,
     push_choice: str | None,
+    tags: str,
 ) -> Response:
     try:
-        upstream = await gateway.upstream.send(op, request.headers, body)
+        upstream = await gateway.upstream.send(op, request.headers, body, tags=tags)
     except BaseException:
         await gateway.ledger.abandon(admission)  # no answer from fal: nothing of ours to record
         raise
@@ -163,6 +170,16 @@ async def _send_and_settle(
         raise
     await _settle(gateway, op, admission, upstream.status_code, data, client_webhook, push_choice)
     return response
+
+
+def _fal_tags(caller: Caller, request: Request) -> str:
+    """The X-Fal-Tags to send: the caller's id, plus the caller's own tags when they keep fal's rules."""
+    try:
+        return tag_rules.for_caller(caller.id, request.headers.get(tag_rules.HEADER))
+    except tag_rules.InvalidTags as refused:
+        raise InvalidInput(
+            [{"loc": ["header", tag_rules.HEADER], "msg": f"Invalid X-Fal-Tags: {refused}", "type": "value_error"}]
+        ) from None
 
 
 def _client_webhook(gateway: Gateway, op: Operation) -> str:

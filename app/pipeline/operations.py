@@ -47,6 +47,9 @@ class Operation:
     request_id: str | None = None
     # Query parameters the gateway chose to pass on (already filtered), e.g. logs=1 or storage_type.
     params: dict[str, str] = field(default_factory=dict)
+    # A submit that only asks what it would cost (`?dry_run=1` on the mirrored path): validated and quoted,
+    # never sent, nothing reserved.
+    dry_run: bool = False
 
     @property
     def model_id(self) -> str | None:
@@ -94,7 +97,14 @@ def per_request_operation(kind: OpKind, door: FrontDoor, app_path: str, request_
     return Operation(kind, door, resolve_app_id(app_path), request_id=check_request_id(request_id), params=params)
 
 
-def spending_operation(kind: OpKind, door: FrontDoor, model_id: str, webhook: str | None = None) -> Operation:
+def spending_operation(
+    kind: OpKind, door: FrontDoor, model_id: str, webhook: str | None = None, *, dry_run: bool = False
+) -> Operation:
     spec = require_model(model_id)
     params = {"fal_webhook": webhook} if webhook else {}
-    return Operation(kind, door, spec.app_id, model=spec, params=params)
+    return Operation(kind, door, spec.app_id, model=spec, params=params, dry_run=dry_run)
+
+
+def dry_run_param(raw: str | None) -> bool:
+    """`dry_run=1|true|yes` (any case); anything else, or absent, is a real submit."""
+    return raw is not None and raw.strip().lower() in ("1", "true", "yes")
