@@ -7,6 +7,7 @@ polls of a request in flight share one upstream call; ownership still applies to
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -174,5 +175,32 @@ def test_result_above_the_size_setting_comes_from_fal(own_emulator: Server) -> N
             # The status of the same finished request still needs no upstream call.
             assert client.get(body["status_url"]).status_code == 200
             assert _status_calls(upstream, body["request_id"]) == 0
+    finally:
+        gateway.stop()
+
+
+def test_cancelled_request_is_answered_with_fal_stopped(own_emulator: Server) -> None:
+    upstream = Upstream(own_emulator)
+    gateway = start_gateway(own_emulator)
+    try:
+        with leak_checked_client(gateway.url) as client:
+            body = client.post(f"/{KLING}", json=VALID_BODIES[KLING]).json()
+            assert client.put(body["cancel_url"]).status_code == 202
+            deadline = time.monotonic() + 10
+            while True:  # until fal's webhook (ERROR, "Invalid status code: 400") is stored
+                upstream.clear()
+                polled = client.get(body["status_url"])
+                if polled.status_code == 200 and _status_calls(upstream, body["request_id"]) == 0:
+                    break
+                assert time.monotonic() < deadline, "the cancelled request was never answered from the store"
+                time.sleep(0.1)
+            own_emulator.stop()
+            status = client.get(body["status_url"])
+            assert status.status_code == 200
+            assert status.json()["status"] == "COMPLETED" and status.json()["error"] == "Request was cancelled"
+            result = client.get(body["response_url"])
+            assert result.status_code == 400, result.text  # fal's own answer for a cancelled job's result
+            assert result.json() == {"detail": "Request was cancelled"}
+            assert result.headers["x-fal-request-id"] == body["request_id"]
     finally:
         gateway.stop()

@@ -6,6 +6,8 @@ store is per request, so whoever reaches here may see what fal would have shown 
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from starlette.responses import Response
 
@@ -15,6 +17,9 @@ from app.pipeline.rewrite import request_urls
 from app.store import Completion
 
 _JSON = "application/json"
+# How a failed completion names fal's status code: fal's webhook ("Invalid status code: 422") or our own
+# result fetch (relay/completions.completion_from_result: "fal answered 500").
+_ERROR_CODE = re.compile(r"^(?:Invalid status code:|fal answered) ([45]\d\d)$")
 
 
 async def local_answer(gateway: Gateway, op: Operation) -> Response | None:
@@ -42,7 +47,8 @@ async def _status(gateway: Gateway, op: Operation, completion: Completion) -> Re
     body: dict = {"status": "COMPLETED", "request_id": request_id, **request_urls(op, request_id, gateway.settings.gateway_url)}
     body["logs"] = logs
     if not completion.ok:
-        body["error"] = completion.error or "Request failed"
+        detail = (completion.payload or {}).get("detail")  # fal's status shows its error body's own words
+        body["error"] = detail if isinstance(detail, str) else completion.error or "Request failed"
         error_type = (completion.payload or {}).get("error_type")
         if isinstance(error_type, str):
             body["error_type"] = error_type
@@ -59,14 +65,24 @@ async def _logs(gateway: Gateway, request_id: str) -> list:
 
 
 def _result(gateway: Gateway, completion: Completion) -> Response | None:
-    # A failed job's result is fal's own error answer, whose status code the completion does not keep:
-    # that one (rarely fetched twice) still comes from fal.
-    if not completion.ok or completion.payload is None:
+    if completion.payload is None:
+        return None
+    code = 200 if completion.ok else _failed_code(completion)
+    if code is None:  # a failure whose status code the completion does not name: fal still answers it
         return None
     content = orjson.dumps(completion.payload)
     if len(content) > gateway.settings.local_result_max_bytes:
         return None
-    return Response(content, status_code=200, headers=_headers(completion.request_id))
+    headers = _headers(completion.request_id)
+    error_type = completion.payload.get("error_type")
+    if not completion.ok and isinstance(error_type, str):
+        headers["x-fal-error-type"] = error_type
+    return Response(content, status_code=code, headers=headers)
+
+
+def _failed_code(completion: Completion) -> int | None:
+    match = _ERROR_CODE.match(completion.error or "")
+    return int(match.group(1)) if match else None
 
 
 def _headers(request_id: str) -> dict[str, str]:
