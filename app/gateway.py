@@ -25,6 +25,7 @@ from app.fal.signatures import FalWebhookVerifier
 from app.fal.upstream import UpstreamClient
 from app.ops.metrics import Metrics
 from app.pipeline.shielded import ShieldedCalls
+from app.pipeline.status_flight import StatusFlights
 from app.relay.bus import EventBus, open_bus
 from app.relay.completions import Completions
 from app.relay.fal_account import FalAccount
@@ -66,6 +67,8 @@ class Gateway:
     push: Push
     # Submits and sync runs whose answer from fal is still awaited; drained at shutdown.
     shielded: ShieldedCalls = field(default_factory=ShieldedCalls)
+    # Status polls of requests in flight waiting on one shared upstream call (app/pipeline/status_flight.py).
+    status_flights: StatusFlights = field(default_factory=StatusFlights)
     # On a Redis store, the one connection pool the store, bus, leases and limiter share; None on SQLite.
     redis_pool: ConnectionPool | None = None
 

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(default=60.0, gt=0)
     read_retries: int = Field(default=3, ge=0, le=10)
     upstream_max_connections: int = Field(default=200, gt=0)
+    # Status polls of a request in flight share one upstream call; its answer is reused this long.
+    status_max_age_ms: int = Field(default=250, ge=0)
+    # A finished request's result is served from the store up to this size; larger ones come from fal.
+    local_result_max_bytes: int = Field(default=4 * MB, ge=0)
 
     emulator_job_seconds: float = Field(default=4.0, ge=0)
     playground: bool | None = None  # the browser playground at `/`; unset = on in emulator mode only

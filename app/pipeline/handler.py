@@ -20,8 +20,10 @@ from app.catalog.validation import parse_body, validate_input
 from app.errors import BadRequest, GatewayError, InvalidInput, PayloadTooLarge
 from app.fal import tags as tag_rules
 from app.fal.storage import initiate_body
+from app.fal.upstream import UpstreamResponse
 from app.gateway import Gateway
 from app.ops.access import note
+from app.pipeline.local_answers import local_answer
 from app.pipeline.operations import PER_REQUEST_KINDS, SPENDING_KINDS, Operation, OpKind
 from app.pipeline.rewrite import json_body, relay
 from app.relay.client_webhooks import TargetRefused, validate_target_url
@@ -239,14 +241,39 @@ async def _settle(
 
 
 async def _forward(gateway: Gateway, op: Operation, request: Request, body: bytes | None) -> Response:
-    upstream = await gateway.upstream.send(op, request.headers, body)
+    # Here the caller is authenticated, limited and checked as the owner: what the store knows may be shown.
+    local = await local_answer(gateway, op)
+    if local is not None:
+        note(request.scope, answered_from="store")  # no upstream_status: fal was not asked
+        return local
+    if op.kind is OpKind.STATUS:
+        upstream, status = await _shared_status(gateway, op, request)
+    else:
+        upstream, status = await _call_and_observe(gateway, op, request, body)
     note(request.scope, upstream_status=upstream.status_code)
+    return relay(op, upstream, gateway.settings.gateway_url, status)
+
+
+async def _shared_status(gateway: Gateway, op: Operation, request: Request) -> tuple[UpstreamResponse, dict | None]:
+    """One upstream status call for every concurrent poll of the request, reused for FALGATE_STATUS_MAX_AGE_MS."""
+    key = (op.request_id, op.app_id, op.params.get("logs"))
+    return await gateway.status_flights.share(
+        key,
+        gateway.settings.status_max_age_ms / 1000,
+        lambda: _call_and_observe(gateway, op, request, None),
+        reusable=lambda answer: answer[0].status_code < 300,
+    )
+
+
+async def _call_and_observe(
+    gateway: Gateway, op: Operation, request: Request, body: bytes | None
+) -> tuple[UpstreamResponse, dict | None]:
+    upstream = await gateway.upstream.send(op, request.headers, body)
     # A status body is parsed once, for the URL rewrite and for what it tells the ledger.
     status = json_body(upstream.content) if op.kind is OpKind.STATUS and upstream.status_code < 300 else None
-    response = relay(op, upstream, gateway.settings.gateway_url, status)
     if op.request_id is not None:
         await _observe(gateway, op, upstream.status_code, upstream.content, status)
-    return response
+    return upstream, status
 
 
 async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, status: dict | None) -> None:
@@ -255,6 +282,7 @@ async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, s
     assert request_id is not None
     if status is not None:
         state = status.get("status")
+        await _keep_logs(gateway, request_id, status.get("logs"))
         if state == RequestState.COMPLETED:
             try:
                 await gateway.completions.from_upstream(request_id, op.app_id, source="poll")
@@ -269,6 +297,16 @@ async def _observe(gateway: Gateway, op: Operation, code: int, content: bytes, s
         await gateway.completions.record(completion_from_result(request_id, code, content, "poll"))
     elif op.kind is OpKind.CANCEL and code == 202:
         await gateway.ledger.finish(request_id, RequestState.CANCELLED)
+
+
+async def _keep_logs(gateway: Gateway, request_id: str, logs: object) -> None:
+    """A poll that asked for logs: the lines the event log lacks, so polls answered from the store once
+    the request finished show them too (only until the completion's terminal event closes the log)."""
+    if not isinstance(logs, list) or not logs:
+        return
+    seen = sum(len(e.data.get("logs") or []) for e in await gateway.store.events_after(request_id, 0) if e.kind == "logs")
+    if len(logs) > seen:
+        await gateway.completions.publish(request_id, "logs", {"logs": logs[seen:]})
 
 
 async def _stream(gateway: Gateway, op: Operation, request: Request) -> Response:

@@ -169,7 +169,9 @@ describe("@fal-ai/client through falgate's proxy", { concurrency: true, timeout:
     const done = await pollUntilCompleted(HAILUO, submitted.request_id, (s) => seen.push(s));
     assert.equal(done.request_id, submitted.request_id);
     assert.ok(Array.isArray(done.logs) && done.logs.length > 0, "COMPLETED status without logs");
-    assert.equal(typeof done.metrics?.inference_time, "number");
+    // fal's metrics are optional (both clients treat them so); a COMPLETED answered from the gateway's
+    // store (issue 16) has none, since fal's webhook does not carry them. When present, they are fal's.
+    if (done.metrics !== undefined) assert.equal(typeof done.metrics.inference_time, "number");
     assert.ok(seen.some((s) => s.status === "IN_PROGRESS" && s.logs.length > 0), "never saw IN_PROGRESS with logs");
     // Polled status answers carry fal's URLs too, never the emulator's address.
     for (const status of seen) assertQueueUrls(status, HAILUO);
