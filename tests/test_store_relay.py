@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from app.store import Completion, Delivery, DeliveryState, Event, RequestRecord, RequestState, Store, open_store
 from app.store.base import DELIVERY_HISTORY_CAP, EVENT_CAP
-from app.store.sqlite import MIGRATIONS
+from app.store.sqlite_schema import MIGRATIONS
 from tests.store_backends import REDIS_URL, Backend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -10,8 +10,6 @@ from app.store.base import (
     Completion,
     Delivery,
     DeliveryState,
-    Device,
-    DevicePlatform,
     Event,
     RequestRecord,
     RequestState,
@@ -19,6 +17,7 @@ from app.store.base import (
     StoredResponse,
     StoreUnavailable,
 )
+from app.store.devices import Device, DevicePlatform
 
 if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool

@@ -3,6 +3,7 @@
 Everything the gateway must agree on across replicas lives behind this interface: request
 ownership, in-flight slots, daily spend and idempotency keys, and for the webhook relay: fal's
 completions, each request's event log, and the outbox of webhooks owed to callers' own servers.
+Push devices have a contract of their own (`devices.py`), which `Store` extends.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Self
+
+from app.store.devices import DeviceStore
 
 
 class RequestState(StrEnum):
@@ -183,7 +186,7 @@ def attempt_entry(at: float, status_code: int | None, error: str | None, duratio
     return {"at": at, "status_code": status_code, "error": error, "duration_ms": int(duration_ms)}
 
 
-class Store(ABC):
+class Store(DeviceStore, ABC):
     """Shared gateway state. Implementations: `SQLiteStore` (one host) and `RedisStore` (many replicas).
 
     Every method raises `StoreUnavailable` when the backend can't be reached, and `ValueError` for
@@ -370,54 +373,3 @@ class Store(ABC):
     @abstractmethod
     async def outbox_depth(self) -> int:
         """How many deliveries are pending (due, waiting for a retry, or in flight)."""
-
-    # --- push devices (app/store/sqlite_devices.py, app/store/redis_devices.py) ---
-
-    @abstractmethod
-    async def add_device(self, device: Device, cap: int) -> tuple[Device | None, bool]:
-        """Registers a caller's push target, atomically across replicas.
-
-        A device_id already registered comes back with False, its token replaced by the new one (device
-        ids are derived from the caller, platform and token, or a Web Push subscription's endpoint whose
-        keys a browser may rotate, so a token registered twice is one device); a new one is stored and
-        comes back with True, unless the caller already has `cap` devices: then (None, False).
-        """
-
-    @abstractmethod
-    async def list_devices(self, caller_id: str) -> list[Device]:
-        """The caller's devices, oldest first."""
-
-    @abstractmethod
-    async def get_device(self, device_id: str) -> Device | None: ...
-
-    @abstractmethod
-    async def delete_device(self, caller_id: str, device_id: str) -> bool:
-        """True only if the caller owned the device and this call removed it."""
-
-    @abstractmethod
-    async def set_push_choice(self, request_id: str, choice: str) -> None:
-        """What a submit asked of push (`?push=0`, `?push_device=ID`): kept as long as its request."""
-
-    @abstractmethod
-    async def get_push_choice(self, request_id: str) -> str | None:
-        """The choice stored for the request, None when its submit made none (the default applies)."""
-
-
-class DevicePlatform(StrEnum):
-    FCM = "fcm"
-    APNS = "apns"
-    WEBPUSH = "webpush"
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """A caller's push target. `token` is the FCM registration token, the APNs device token, or the
-    Web Push subscription as JSON; it is a credential of the caller's user and never leaves the store
-    but towards its push service."""
-
-    device_id: str
-    caller_id: str
-    platform: DevicePlatform
-    token: str
-    label: str
-    created_at: float

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from app.store.base import REQUEST_TTL_SECONDS, Device, DevicePlatform
+from app.store.base import REQUEST_TTL_SECONDS
+from app.store.devices import Device, DevicePlatform
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -17,7 +17,6 @@ takes SQLite's write lock up front, so two connections can't both read the old v
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -47,7 +46,8 @@ from app.store.base import (
 from app.store.sqlite_checkpoint import Checkpointer
 from app.store.sqlite_devices import SQLiteDevices
 from app.store.sqlite_events import SQLiteRelay, prune_batch, request_record
-from app.store.sqlite_schema import MIGRATIONS, TERMINAL_SQL
+from app.store.sqlite_open import BUSY_TIMEOUT_MS, first_row, open_database, rollback
+from app.store.sqlite_schema import TERMINAL_SQL
 from app.store.sqlite_worker import Worker
 
 T = TypeVar("T")
@@ -57,11 +57,9 @@ _Op = Callable[[sqlite3.Connection], T]
 # A call waits for another process's lock only until _CALL_SECONDS after it was queued, its time behind
 # other calls on the worker thread included: a locked database answers 503 within about two seconds
 # however many calls are queued, instead of each one waiting out the whole lock in turn. Opening (and
-# migrating) and the checkpointer wait _BUSY_TIMEOUT_MS.
-_BUSY_TIMEOUT_MS = 1000
+# migrating) and the checkpointer wait BUSY_TIMEOUT_MS.
 _CALL_SECONDS = 1.5
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _PRUNE_EVERY_SECONDS = 60.0
 # Housekeeping deletes at most this many rows per table in one transaction (each found by an index),
 # then lets the callers queued behind it run; a backlog is worked off a batch every _PRUNE_AGAIN_SECONDS.
@@ -77,51 +75,6 @@ _REQUEST_PLACEHOLDERS = ", ".join("?" for _ in fields(RequestRecord))
 def _row(record: RequestRecord) -> tuple[Any, ...]:
     # Not dataclasses.astuple: it deep-copies every field, measurable on the submit path.
     return tuple(getattr(record, name) for name in _REQUEST_FIELDS)
-
-
-def _one(db: sqlite3.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
-    """The first row of `query`, or None."""
-    return db.execute(query, params).fetchone()
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    # SQLite may have rolled back already (e.g. after a disk error); the original exception matters more.
-    with contextlib.suppress(sqlite3.Error):
-        db.execute("ROLLBACK")
-
-
-def _open(path: str) -> sqlite3.Connection:
-    # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves. The worker
-    # thread opens it and is the only one to use it, so sqlite3's same-thread check stays on as a guard.
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL, far fewer fsyncs
-        db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")  # the WAL shrinks back after a burst
-        _migrate(db)
-        # From here a call first tries without waiting; only one that meets a lock waits (see `_run`).
-        db.execute("PRAGMA busy_timeout = 0")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = _one(db, "PRAGMA user_version")
-        for step, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-            # Not executescript: it COMMITs first, and two processes opening a fresh file at once
-            # must not both migrate. Inside BEGIN IMMEDIATE the second one sees the new version.
-            for statement in statements:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {step}")
-        db.execute("COMMIT")
-    except BaseException:
-        _rollback(db)
-        raise
 
 
 class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
@@ -154,7 +107,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
                 result = op(db)
                 db.execute("COMMIT")
             except BaseException:
-                _rollback(db)
+                rollback(db)
                 raise
             return result
         except sqlite3.OperationalError as exc:
@@ -195,10 +148,10 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
         return self._prune_relay(db, now, _PRUNE_BATCH) or more
 
     def _connect(self) -> sqlite3.Connection:
-        db = _open(self._path)
+        db = open_database(self._path)
         if self._path != ":memory:" and self._checkpointer is None:
             db.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job, off the call path
-            self._checkpointer = Checkpointer(self._path, _BUSY_TIMEOUT_MS)
+            self._checkpointer = Checkpointer(self._path, BUSY_TIMEOUT_MS)
             self._checkpointer.start()
         return db
 
@@ -244,7 +197,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
         return await self._submit(op, write=False)
 
     async def ping(self) -> None:
-        await self._read(lambda db: _one(db, "SELECT 1"))
+        await self._read(lambda db: first_row(db, "SELECT 1"))
 
     async def close(self) -> None:
         if self._closing is None:
@@ -263,7 +216,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
 
     @staticmethod
     def _fetch(db: sqlite3.Connection, request_id: str) -> RequestRecord | None:
-        row = _one(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,))
+        row = first_row(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,))
         return None if row is None else request_record(row)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
@@ -319,7 +272,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
             )
             if renewed.rowcount:
                 return True  # already held: a renewal, not one more slot
-            row = _one(db, "SELECT held FROM slot_counts WHERE caller_id = ?", (caller_id,))
+            row = first_row(db, "SELECT held FROM slot_counts WHERE caller_id = ?", (caller_id,))
             if row is not None and row[0] >= limit:
                 return False
             db.execute("INSERT INTO slots (caller_id, token, expires_at) VALUES (?, ?, ?)", (caller_id, token, now + ttl))
@@ -329,7 +282,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
 
     async def release_slot(self, caller_id: str, token: str) -> bool:
         def op(db: sqlite3.Connection) -> bool:
-            row = _one(db, "SELECT expires_at FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
+            row = first_row(db, "SELECT expires_at FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
             if row is None:
                 return False
             db.execute("DELETE FROM slots WHERE caller_id = ? AND token = ?", (caller_id, token))
@@ -339,13 +292,13 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
 
     async def slots_in_use(self, caller_id: str) -> int:
         query = "SELECT COUNT(*) FROM slots WHERE caller_id = ? AND expires_at > ?"
-        return await self._read(lambda db: int(_one(db, query, (caller_id, time.time()))[0]))
+        return await self._read(lambda db: int(first_row(db, query, (caller_id, time.time()))[0]))
 
     # --- budgets ---
 
     @staticmethod
     def _micros(db: sqlite3.Connection, caller_id: str, day: str) -> int:
-        row = _one(db, "SELECT micros FROM spend WHERE caller_id = ? AND day = ?", (caller_id, day))
+        row = first_row(db, "SELECT micros FROM spend WHERE caller_id = ? AND day = ?", (caller_id, day))
         return int(row[0]) if row else 0
 
     async def reserve_budget(self, caller_id: str, day: str, amount: float, limit: float) -> tuple[bool, float]:
@@ -391,7 +344,7 @@ class SQLiteStore(SQLiteRelay, SQLiteDevices, Store):
             scope = (caller_id, key)
             where = "WHERE caller_id = ? AND key = ?"
             db.execute(f"DELETE FROM idempotency {where} AND expires_at <= ?", (*scope, now))
-            row = _one(db, f"SELECT fingerprint, status_code, headers_json, body FROM idempotency {where}", scope)
+            row = first_row(db, f"SELECT fingerprint, status_code, headers_json, body FROM idempotency {where}", scope)
             if row is None:
                 db.execute(
                     "INSERT INTO idempotency (caller_id, key, fingerprint, expires_at) VALUES (?, ?, ?, ?)",

@@ -11,7 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.store.base import REQUEST_TTL_SECONDS, Device, DevicePlatform
+from app.store.base import REQUEST_TTL_SECONDS
+from app.store.devices import Device, DevicePlatform
 
 T = TypeVar("T")
 

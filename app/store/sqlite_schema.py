@@ -1,6 +1,6 @@
 """The SQLite store's schema, as migrations: MIGRATIONS[i] takes a file from user_version i to i + 1.
 
-Append, never edit: a file already at version n only runs the entries after it (app/store/sqlite.py
+Append, never edit: a file already at version n only runs the entries after it (app/store/sqlite_open.py
 runs them inside BEGIN IMMEDIATE, so two processes opening a fresh file never both migrate).
 """
 
