@@ -39,7 +39,13 @@ def test_form_for_a_configured_model(browser: Browser, models_playground: tuple[
         assert session.fields("guidance_scale").get_attribute("data-kind") == "number"  # anyOf [number, null]
         session.page.fill("#f-prompt", "a woman laughs")
         session.page.fill("#f-image_url", IMAGE)
+        session.page.wait_for_function("() => document.getElementById('quote').textContent.startsWith('Estimated')")
+        quotes = len([r for r in session.requests if "/v1/quote/" in r.url])
         session.page.fill("#f-sampling", "{not json")
+        # No live quote for a body that is not JSON yet: the page says why instead.
+        session.page.get_by_text("Not priced until sampling is valid JSON.").wait_for()
+        session.page.wait_for_timeout(500)
+        assert len([r for r in session.requests if "/v1/quote/" in r.url]) == quotes
         session.page.click("#submit")
         assert session.page.inner_text("#f-sampling-error") == "Not valid JSON"
         # A nested value the gateway refuses: its 422 lands on the field it belongs to.

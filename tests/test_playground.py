@@ -32,7 +32,7 @@ from app.web.playground import playground_enabled
 from tests.servers import ROOT, Server, free_port, start_emulator, start_gateway
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Locator, Request
+    from playwright.sync_api import Browser, ConsoleMessage, Locator, Request, Response, Route
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -117,7 +117,7 @@ def test_playground_enabled(settings: dict[str, Any], expected: bool) -> None:
 
 
 def test_playground_is_off_in_live_mode_by_default(gateway: Server) -> None:
-    for path in ("/", "/static/playground.js", "/static/playground.css"):
+    for path in ("/", "/static/playground.js", "/static/quote.js", "/static/playground.css"):
         response = httpx.get(gateway.url + path)
         assert response.status_code == 404, path
         assert response.headers["content-type"].startswith("application/json")
@@ -136,7 +136,9 @@ def test_playground_is_on_in_emulator_mode_by_default() -> None:
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert '<script src="/static/playground.js"' in page.text
-        assert httpx.get(server.url + "/static/playground.js").headers["content-type"].startswith("text/javascript")
+        assert '<script src="/static/quote.js"' in page.text
+        for script in ("playground.js", "quote.js"):
+            assert httpx.get(f"{server.url}/static/{script}").headers["content-type"].startswith("text/javascript")
         assert httpx.get(server.url + "/static/playground.css").headers["content-type"].startswith("text/css")
         # The page is no API route: it stays out of the OpenAPI schema.
         assert "/" not in httpx.get(server.url + "/openapi.json").json()["paths"]
@@ -235,7 +237,10 @@ class Session:
 
     def submit(self, model_id: str) -> tuple[int, dict]:
         """Click submit; the JSON body the page sent and the gateway's status."""
-        with self.page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/" + model_id)) as info:
+        def is_submit(r: Response) -> bool:  # a live quote's URL ends with the model id too
+            return r.request.method == "POST" and r.url.endswith("/" + model_id) and "/v1/quote/" not in r.url
+
+        with self.page.expect_response(is_submit) as info:
             self.page.click("#submit")
         response = info.value
         return response.status, response.request.post_data_json
@@ -294,11 +299,12 @@ def test_playground_end_to_end_in_chromium(browser: Browser, playground: Server,
 
         # Out of range: the browser's own check catches it first, and nothing is sent...
         page.fill("#f-num_frames", "500")
-        posts = len([r for r in session.requests if r.method == "POST"])
+        submits = lambda: [r for r in session.requests if r.method == "POST" and "/v1/quote/" not in r.url]  # noqa: E731
+        posts = len(submits())
         page.click("#submit")
         field_error = session.fields("num_frames").locator(".field-error")
         assert field_error.inner_text() != ""
-        assert len([r for r in session.requests if r.method == "POST"]) == posts
+        assert len(submits()) == posts
         # ...and with the browser's checks off, the gateway's 422 shows next to the same field.
         page.check("#skip-checks")
         status, body = session.submit(WAN)
@@ -410,3 +416,82 @@ def test_playground_notifies_when_done(browser: Browser, playground_emulator: Se
         session.close()
         server.stop()
         web.close()
+
+
+def _js_number(value: float) -> str:
+    """A number as the page's template strings print it (JavaScript drops a float's trailing `.0`)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _quote_text(quote: dict) -> str:
+    units, unit = quote["units"], quote["unit"]
+    text = (f"Estimated cost: ${_js_number(quote['cost'])} ({_js_number(units)} {unit}{'' if units == 1 else 's'}"
+            f" × ${_js_number(quote['unit_price'])} per {unit})")
+    return text if quote["remaining"] is None else f"{text}. Remaining budget today: ${_js_number(quote['remaining'])}"
+
+
+def test_playground_shows_a_live_quote(browser: Browser, playground_emulator: Server) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    emulator = playground_emulator
+    server = start_gateway(emulator, FALGATE_PLAYGROUND="true", FALGATE_BUDGET_PER_DAY="10")
+    httpx.delete(emulator.url + "/_control/requests").raise_for_status()
+    session = Session(browser, server.url, [server.url, emulator.url])
+    page = session.page
+    quotes = lambda: [r for r in session.requests if "/v1/quote/" in r.url]  # noqa: E731
+    try:
+        session.pick_model(KLING)
+        # The required image is missing: the gateway's 422 is shown, and the form stays usable.
+        page.get_by_text("not priced: prompt Field required; image_url Field required").wait_for()
+        assert page.is_enabled("#submit")
+        image_url = emulator.url + "/storage/cat.png"
+        page.fill("#f-prompt", "a cat")
+        page.fill("#f-image_url", image_url)
+        body = {"prompt": "a cat", "image_url": image_url}
+        expected = httpx.post(f"{server.url}/v1/quote/{KLING}", json=body).json()
+        assert expected["unit"] == "second" and expected["remaining"] == 10, expected
+        page.wait_for_function("t => document.getElementById('quote').textContent === t", arg=_quote_text(expected))
+        # A longer video: the shown cost follows the new quote.
+        page.select_option("#f-duration", label="10")
+        longer = httpx.post(f"{server.url}/v1/quote/{KLING}", json={**body, "duration": "10"}).json()
+        assert longer["cost"] > expected["cost"], (longer, expected)
+        page.wait_for_function("t => document.getElementById('quote').textContent === t", arg=_quote_text(longer))
+        assert quotes()[-1].post_data_json == {**body, "duration": "10"}
+        # An older answer arriving late never overwrites a newer one: hold the 10 s quote, pick 5 s, then let it go.
+        held: list[Route] = []
+
+        def hold_ten(route: Route) -> None:
+            if not held and (route.request.post_data_json or {}).get("duration") == "10":
+                held.append(route)
+            else:
+                route.continue_()
+
+        shown = "t => document.getElementById('quote').textContent === t"
+        page.route("**/v1/quote/**", hold_ten)
+        page.select_option("#f-duration", index=0)  # 5 s, the default: left out of the body
+        page.wait_for_function(shown, arg=_quote_text(expected))
+        page.select_option("#f-duration", index=1)
+        page.wait_for_timeout(500)  # past the debounce: the 10 s quote is asked for, and held
+        assert len(held) == 1
+        with page.expect_response(lambda r: "/v1/quote/" in r.url and r.request.post_data_json == body):
+            page.select_option("#f-duration", index=0)
+        try:
+            held[0].continue_()  # the page aborted it: Chromium may refuse to send it at all
+        except PlaywrightError:
+            pass
+        page.wait_for_timeout(500)
+        assert page.inner_text("#quote") == _quote_text(expected)
+        page.unroute("**/v1/quote/**")
+        # Debounced: typing a word asks for one quote, not one per keystroke.
+        before = len(quotes())
+        page.locator("#f-prompt").press_sequentially(" sleeping", delay=20)
+        page.wait_for_function("() => document.getElementById('quote').textContent.startsWith('Estimated')")
+        page.wait_for_timeout(600)
+        assert len(quotes()) - before == 1, [r.post_data_json for r in quotes()[before:]]
+        # Quotes are reads: fal (the emulator) never saw a submit.
+        seen = httpx.get(emulator.url + "/_control/requests").json()
+        assert not [r for r in seen if r["method"] == "POST"], seen
+        session.check_clean()
+    finally:
+        session.close()
+        server.stop()

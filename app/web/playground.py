@@ -1,7 +1,7 @@
 """`GET /`: the browser playground, plain HTML/JS/CSS shipped inside the package (no build, no CDN).
 
-The page only talks to this gateway's public API (`/v1/models`, `/v1/storage/upload`, the submit routes and
-`/v1/requests/{id}/events`), exactly as any browser app would, so it needs no privileges of its own. It is on
+The page only talks to this gateway's public API (`/v1/models`, `/v1/storage/upload`, `/v1/quote/{model_id}`,
+the submit routes and `/v1/requests/{id}/events`), exactly as any browser app would, so it needs no privileges of its own. It is on
 by default in emulator mode (nothing to spend) and off in live mode unless FALGATE_PLAYGROUND=true, because
 in live mode every submit from it spends the server's fal credits.
 """
@@ -70,6 +70,11 @@ async def script(request: Request) -> Response:
 @router.get("/static/playground.css")
 async def stylesheet(request: Request) -> Response:
     return _serve(request, "css")
+
+
+@router.get("/static/quote.js")
+async def quote_script(request: Request) -> Response:
+    return _serve(request, "js", "quote")
 
 
 @router.get("/static/notify.js")

@@ -161,6 +161,7 @@ function renderForm() {
   const billing = model.billing || {};
   const price = billing.price_per_unit != null ? `$${billing.price_per_unit} per ${billing.unit}. ` : "";
   $("model-info").textContent = `${model.id} — ${price}${billing.description || ""}`;
+  document.dispatchEvent(new Event("playground:form")); // a new form: quote.js prices it
 }
 
 // A field is {name, kind, control, row, errorEl, read()}; read() answers undefined when the field is to be
@@ -312,6 +313,7 @@ async function upload(file, { urlInput, errorEl, preview, note, zone }) {
       return;
     }
     urlInput.value = body.file_url;
+    urlInput.dispatchEvent(new Event("input", { bubbles: true })); // set by script: say so, as typing would
     if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
     preview.src = URL.createObjectURL(file); // local preview: the stored copy may not be public yet
     preview.hidden = false;
@@ -364,6 +366,17 @@ function showServerErrors(detail) {
   if (first) first.control.focus();
 }
 
+// The body a submit sends (and a quote prices): only what the user set, so fal applies its defaults.
+// Throws FieldError for a JSON field that does not parse.
+function formBody() {
+  const body = {};
+  for (const field of state.fields.values()) {
+    const value = field.read();
+    if (value !== undefined) body[field.name] = value;
+  }
+  return body;
+}
+
 async function submit(event) {
   event.preventDefault();
   const model = currentModel();
@@ -376,18 +389,15 @@ async function submit(event) {
   for (const field of state.fields.values()) setFieldError(field, "");
   if (!$("skip-checks").checked && !browserCheck()) return;
 
-  const body = {};
-  for (const field of state.fields.values()) {
-    let value;
-    try {
-      value = field.read();
-    } catch (error) {
-      if (!(error instanceof FieldError)) throw error;
-      setFieldError(field, error.message);
-      field.control.focus();
-      return;
-    }
-    if (value !== undefined) body[field.name] = value; // only what the user set: fal applies its defaults
+  let body;
+  try {
+    body = formBody();
+  } catch (error) {
+    if (!(error instanceof FieldError)) throw error;
+    const field = state.fields.get(error.field);
+    setFieldError(field, error.message);
+    field.control.focus();
+    return;
   }
   $("submit").disabled = true;
   try {
