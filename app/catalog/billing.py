@@ -158,18 +158,24 @@ def _int_field(body: Mapping[str, Any], field: str, default: int) -> int:
     return value
 
 
+def json_object_setting(raw: str | None, what: str, example: str) -> dict[str, Any]:
+    """A setting holding a JSON object; {} when unset or blank, ValueError saying what is wrong otherwise."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc.msg} (at position {exc.pos})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{what} must be a JSON object like {example}")
+    return parsed
+
+
 def parse_price_table(raw: str | None) -> dict[str, float]:
     """A JSON object {"slug" or "endpoint/id": usd_per_unit, ...} merged over DEFAULT_PRICES; None/blank gives
     the defaults."""
     prices = dict(DEFAULT_PRICES)
-    if raw is None or not raw.strip():
-        return prices
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"price table is not valid JSON: {exc.msg} (at position {exc.pos})") from None
-    if not isinstance(parsed, dict):
-        raise ValueError('price table must be a JSON object like {"veo2": 0.5}')
+    parsed = json_object_setting(raw, "price table", '{"veo2": 0.5}')
     for slug, price in parsed.items():
         # Configured models (FALGATE_MODELS) are priced by endpoint id, which always has a slash.
         if slug not in DEFAULT_PRICES and "/" not in slug:

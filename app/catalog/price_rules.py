@@ -11,7 +11,6 @@ A model without a rule costs one unit per request.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from app.catalog.billing import (
@@ -22,6 +21,7 @@ from app.catalog.billing import (
     FactorRule,
     PerSecondRule,
     ThresholdFactor,
+    json_object_setting,
 )
 
 PER_REQUEST = BillingRule("One unit per request (no FALGATE_PRICE_RULES entry).")
@@ -29,14 +29,7 @@ PER_REQUEST = BillingRule("One unit per request (no FALGATE_PRICE_RULES entry)."
 
 def parse_price_rules(raw: str | None) -> dict[str, BillingRule]:
     """Rules by endpoint id; ValueError naming the entry for anything malformed."""
-    if raw is None or not raw.strip():
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"price rules are not valid JSON: {exc.msg} (at position {exc.pos})") from None
-    if not isinstance(parsed, dict):
-        raise ValueError('price rules must be a JSON object like {"owner/app/endpoint": {"kind": "per_request"}}')
+    parsed = json_object_setting(raw, "price rules", '{"owner/app/endpoint": {"kind": "per_request"}}')
     rules: dict[str, BillingRule] = {}
     for endpoint_id, spec in parsed.items():
         try:
